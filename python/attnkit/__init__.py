@@ -1,0 +1,30 @@
+"""attnkit: fast, faithful attention kernels for speech recognition.
+
+NumPy arrays in, NumPy arrays out; C++ SIMD kernels (AVX-512, AVX2, portable) chosen at run time.
+"""
+from attnkit._core import UnsupportedError
+from attnkit.dot_product import scaled_dot_product_attention
+from attnkit.multi_head import multi_head_attention
+from attnkit.runtime import _version, get_cpu_isa, get_num_threads, set_cpu_isa, set_num_threads, show_config
+
+
+class CudaError(RuntimeError):
+    """A CUDA call failed (raised by the CUDA backend)."""
+
+
+__version__ = _version()
+
+# Resolve the CPU ISA now, so that a bad ATTNKIT_CPU_ISA fails at import with a clear message.
+get_cpu_isa()
+
+__all__ = [
+    "CudaError",
+    "UnsupportedError",
+    "get_cpu_isa",
+    "get_num_threads",
+    "multi_head_attention",
+    "scaled_dot_product_attention",
+    "set_cpu_isa",
+    "set_num_threads",
+    "show_config",
+]

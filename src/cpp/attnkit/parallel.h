@@ -1,0 +1,30 @@
+// The one thread pool. parallel_for splits [0, n) into at most num_threads() contiguous parts, in
+// a fixed way that depends only on n and the configured thread count, so results are bitwise
+// reproducible for a given thread count whichever thread runs a part (or if the pool is busy with
+// another caller and the parts run inline, one after the other).
+#pragma once
+#include <cstdint>
+
+namespace attnkit {
+
+int num_threads();
+void set_num_threads(int n);  // n >= 1
+
+// How many parts parallel_for(n, ...) will use.
+int64_t parallel_parts(int64_t n);
+
+using PartFn = void (*)(void* ctx, int64_t part, int64_t begin, int64_t end);
+void parallel_for_raw(int64_t n, PartFn fn, void* ctx);
+
+// fn(part, begin, end) runs once per part; part < parallel_parts(n). fn must not throw.
+template <class F>
+void parallel_for(int64_t n, F&& fn) {
+  parallel_for_raw(
+      n,
+      [](void* ctx, int64_t part, int64_t begin, int64_t end) {
+        (*static_cast<F*>(ctx))(part, begin, end);
+      },
+      &fn);
+}
+
+}  // namespace attnkit

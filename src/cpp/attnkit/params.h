@@ -1,0 +1,39 @@
+// Plain parameter structs: what a front door hands to a kernel after every check has passed.
+// Sizes and strides are 64-bit and counted in elements; the last axis of every tensor is
+// contiguous unless a stride for it is given explicitly.
+#pragma once
+#include <cstdint>
+
+namespace attnkit {
+
+enum class DType : int { f32 = 0, f64 = 1 };
+
+inline const char* dtype_name(DType t) { return t == DType::f32 ? "float32" : "float64"; }
+
+enum class MaskKind : int { none = 0, keep_bool = 1, additive = 2 };
+
+// Scaled dot-product attention, O[b,h,i,:] = softmax_j(scale * Q[b,h,i,:].K[b,h,j,:] + mask) V[b,h,j,:]
+struct SdpaParams {
+  DType dtype = DType::f32;
+  int64_t B = 0, H = 0, Tq = 0, Tk = 0, D = 0, Dv = 0;
+  const void* q = nullptr;  // Q[b][h][i][d] at q + b*q_stride[0] + h*q_stride[1] + i*q_stride[2] + d
+  const void* k = nullptr;  // K[b][h][j][d]
+  const void* v = nullptr;  // V[b][h][j][e]
+  void* o = nullptr;        // O[b][h][i][e]
+  int64_t q_stride[3] = {}, k_stride[3] = {}, v_stride[3] = {}, o_stride[3] = {};
+  // Optional [B,H,Tq,Tk] probabilities, W[b][h][i][j] with j contiguous.
+  void* weights = nullptr;
+  int64_t w_stride[3] = {};
+  // Optional per-batch valid key counts, 0 <= key_lengths[b] <= Tk: keys j >= key_lengths[b] are masked.
+  const int64_t* key_lengths = nullptr;
+  // Optional mask broadcast to [B,H,Tq,Tk] by strides (0 on broadcast axes): uint8 keep-flags or
+  // an additive mask in the compute dtype.
+  MaskKind mask_kind = MaskKind::none;
+  const void* mask = nullptr;
+  int64_t mask_stride[4] = {};
+  // Causal: query i sees keys j <= i + (Tk - Tq), so the last query is aligned with the last key.
+  bool causal = false;
+  double scale = 1.0;
+};
+
+}  // namespace attnkit

@@ -1,0 +1,9 @@
+// attnkit._core: the private extension module. A table of contents: one register_<area> per file.
+#include "bindings/register.h"
+
+NB_MODULE(_core, m) {
+  using namespace attnkit::bindings;
+  register_errors(m);
+  register_runtime(m);
+  register_dot_product(m);
+}

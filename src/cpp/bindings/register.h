@@ -1,0 +1,8 @@
+#pragma once
+#include <nanobind/nanobind.h>
+
+namespace attnkit::bindings {
+void register_errors(nanobind::module_& m);
+void register_runtime(nanobind::module_& m);
+void register_dot_product(nanobind::module_& m);
+}  // namespace attnkit::bindings

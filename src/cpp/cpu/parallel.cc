@@ -1,0 +1,165 @@
+// A small persistent thread pool. Workers spin for a short while after each job before sleeping,
+// because decoder steps arrive every few tens of microseconds and a condition-variable wake-up
+// costs about as much as the step itself.
+#include "attnkit/parallel.h"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ATTNKIT_CPU_RELAX() _mm_pause()
+#else
+#define ATTNKIT_CPU_RELAX() std::this_thread::yield()
+#endif
+
+namespace attnkit {
+namespace {
+
+int default_thread_count() {
+  if (const char* env = std::getenv("ATTNKIT_NUM_THREADS")) {
+    char* end = nullptr;
+    long n = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && n >= 1 && n <= 4096) return static_cast<int>(n);
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+thread_local bool t_inside_pool = false;
+
+class Pool {
+ public:
+  explicit Pool(int threads) : threads_(threads) {
+    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      stop_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    sleep_cv_.notify_all();
+    for (auto& w : workers_) w.join();
+  }
+  int threads() const { return threads_; }
+
+  void run(int64_t n, int64_t parts, PartFn fn, void* ctx) {
+    // One caller at a time; a second concurrent caller (or a nested call) runs its parts inline,
+    // which gives the same numbers because the split does not depend on who runs it.
+    std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
+    if (!busy.owns_lock() || t_inside_pool) {
+      run_inline(n, parts, fn, ctx);
+      return;
+    }
+    fn_ = fn;
+    ctx_ = ctx;
+    n_ = n;
+    parts_ = parts;
+    // Every worker acknowledges every job, also one with no part for it, so that none can still
+    // be reading this job's fields when the next job overwrites them.
+    pending_.store(threads_ - 1, std::memory_order_relaxed);
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    if (sleepers_.load(std::memory_order_acquire) > 0) sleep_cv_.notify_all();
+    t_inside_pool = true;
+    fn(ctx, 0, 0, n / parts);
+    t_inside_pool = false;
+    while (pending_.load(std::memory_order_acquire) > 0) ATTNKIT_CPU_RELAX();
+  }
+
+  static void run_inline(int64_t n, int64_t parts, PartFn fn, void* ctx) {
+    for (int64_t p = 0; p < parts; ++p) fn(ctx, p, p * n / parts, (p + 1) * n / parts);
+  }
+
+ private:
+  void worker_loop(int index) {
+    t_inside_pool = true;
+    uint64_t seen = 0;
+    for (;;) {
+      uint64_t gen = generation_.load(std::memory_order_acquire);
+      // ~100k pause instructions is roughly 1-3 ms: long enough to bridge consecutive decoder
+      // steps, short enough not to burn a core for an idle process.
+      for (int spin = 0; gen == seen && spin < 100000; ++spin) {
+        ATTNKIT_CPU_RELAX();
+        gen = generation_.load(std::memory_order_acquire);
+      }
+      if (gen == seen) {
+        std::unique_lock<std::mutex> lock(sleep_mutex_);
+        sleepers_.fetch_add(1, std::memory_order_acq_rel);
+        sleep_cv_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+        sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+        gen = generation_.load(std::memory_order_acquire);
+      }
+      seen = gen;
+      if (stop_) return;
+      if (index < parts_) fn_(ctx_, index, index * n_ / parts_, (index + 1) * n_ / parts_);
+      pending_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  const int threads_;
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_;
+  std::mutex sleep_mutex_;
+  std::condition_variable sleep_cv_;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  std::atomic<int> sleepers_{0};
+  bool stop_ = false;
+  PartFn fn_ = nullptr;
+  void* ctx_ = nullptr;
+  int64_t n_ = 0;
+  int64_t parts_ = 0;
+};
+
+std::mutex g_pool_mutex;
+std::shared_ptr<Pool> g_pool;
+int g_threads = 0;  // configured count; the pool itself is created on first parallel use
+
+std::shared_ptr<Pool> get_pool() {
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  if (g_threads == 0) g_threads = default_thread_count();
+  if (!g_pool || g_pool->threads() != g_threads) g_pool = std::make_shared<Pool>(g_threads);
+  return g_pool;
+}
+
+}  // namespace
+
+int num_threads() {
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  if (g_threads == 0) g_threads = default_thread_count();
+  return g_threads;
+}
+
+void set_num_threads(int n) {
+  std::lock_guard<std::mutex> lock(g_pool_mutex);
+  g_threads = n;
+}
+
+int64_t parallel_parts(int64_t n) { return std::max<int64_t>(1, std::min<int64_t>(n, num_threads())); }
+
+void parallel_for_raw(int64_t n, PartFn fn, void* ctx) {
+  if (n <= 0) return;
+  const int64_t parts = parallel_parts(n);
+  if (parts == 1) {
+    fn(ctx, 0, 0, n);
+    return;
+  }
+  std::shared_ptr<Pool> pool = get_pool();
+  pool->run(n, parts, fn, ctx);
+}
+
+}  // namespace attnkit

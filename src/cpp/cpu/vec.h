@@ -1,0 +1,109 @@
+// Portable SIMD through GCC/Clang vector extensions. Every kernel is written once against Vec<T>
+// and compiled per ISA (CMake sets the flags and ATTNKIT_VEC_BYTES: 16 portable, 32 AVX2,
+// 64 AVX-512), so the AVX-512 and AVX2 builds differ only in what the compiler emits.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#ifndef ATTNKIT_VEC_BYTES
+#error "ATTNKIT_VEC_BYTES must be set by the build (16, 32 or 64)"
+#endif
+#ifndef ATTNKIT_TILE_ROWS
+#error "ATTNKIT_TILE_ROWS must be set by the build"
+#endif
+
+namespace attnkit::cpu::ATTNKIT_ISA {
+
+constexpr int kVecBytes = ATTNKIT_VEC_BYTES;
+// Register tile: kTileRows rows x kTileVecs vectors of accumulators (6x2 of 16 registers on
+// AVX2, 12x2 of 32 on AVX-512), leaving registers for the loaded vectors and one broadcast.
+constexpr int kTileRows = ATTNKIT_TILE_ROWS;
+constexpr int kTileVecs = 2;
+
+template <typename T> struct VecTraits;
+template <> struct VecTraits<float> {
+  typedef float V __attribute__((vector_size(kVecBytes)));
+  typedef int32_t VI __attribute__((vector_size(kVecBytes)));
+};
+template <> struct VecTraits<double> {
+  typedef double V __attribute__((vector_size(kVecBytes)));
+  typedef int64_t VI __attribute__((vector_size(kVecBytes)));
+};
+
+template <typename T> using Vec = typename VecTraits<T>::V;
+template <typename T> using VecI = typename VecTraits<T>::VI;
+template <typename T> constexpr int lanes() { return kVecBytes / int(sizeof(T)); }
+
+// A brace list of identical lanes is what GCC turns into one broadcast (vbroadcastss from
+// memory); `Vec{} + x` costs an add and a broadcast (0 + x is not x for x = -0), and a
+// lane-by-lane fill costs a chain of inserts.
+template <typename T, std::size_t... I> inline Vec<T> splat_lanes(T x, std::index_sequence<I...>) {
+  return Vec<T>{((void)I, x)...};
+}
+template <typename T> inline Vec<T> splat(T x) {
+  return splat_lanes<T>(x, std::make_index_sequence<std::size_t(lanes<T>())>());
+}
+template <typename T> inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+template <typename T> inline void store(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
+// Loads n < lanes elements and zero-fills the rest (tails).
+template <typename T> inline Vec<T> load_partial(const T* p, int n) {
+  Vec<T> v = {};
+  std::memcpy(&v, p, sizeof(T) * n);
+  return v;
+}
+template <typename T> inline void store_partial(T* p, Vec<T> v, int n) { std::memcpy(p, &v, sizeof(T) * n); }
+
+template <typename T> inline Vec<T> vmax(Vec<T> a, Vec<T> b) { return a > b ? a : b; }
+template <typename T> inline T hsum(Vec<T> v) {
+  T s = 0;
+  for (int i = 0; i < lanes<T>(); ++i) s += v[i];
+  return s;
+}
+template <typename T> inline T hmax(Vec<T> v) {
+  T m = v[0];
+  for (int i = 1; i < lanes<T>(); ++i) m = v[i] > m ? v[i] : m;
+  return m;
+}
+
+// 2^x, vectorised: x = n + f with n = round(x), |f| <= 1/2; 2^f by its Taylor series in f*ln2
+// (degree 6 for float: relative error < 2e-7; degree 12 for double: < 3e-16); 2^n through the
+// exponent bits. Inputs below the smallest normal exponent (and -inf, used for masked scores)
+// give exactly 0; NaN gives NaN.
+template <typename T> struct Exp2Consts;
+template <> struct Exp2Consts<float> {
+  static constexpr int kDegree = 6, kMantissa = 23, kBias = 127;
+  static constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
+};
+template <> struct Exp2Consts<double> {
+  static constexpr int kDegree = 12, kMantissa = 52, kBias = 1023;
+  static constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
+};
+
+template <typename T> inline Vec<T> exp2v(Vec<T> x) {
+  using C = Exp2Consts<T>;
+  const T lo = T(1 - C::kBias), hi = T(C::kBias);
+  Vec<T> xc = x < lo ? splat<T>(lo) : x;
+  xc = xc > hi ? splat<T>(hi) : xc;
+  const Vec<T> n = (xc + C::kRound) - C::kRound;
+  const Vec<T> f = (xc - n) * T(0.69314718055994530942);
+  // Horner on sum_k f^k / k!
+  Vec<T> p = splat<T>(T(1));
+  T inv_fact[C::kDegree + 1];
+  inv_fact[0] = 1;
+  for (int k = 1; k <= C::kDegree; ++k) inv_fact[k] = inv_fact[k - 1] / T(k);
+  p = splat<T>(inv_fact[C::kDegree]);
+#pragma GCC unroll 16
+  for (int k = C::kDegree - 1; k >= 0; --k) p = p * f + inv_fact[k];
+  const VecI<T> bits = (__builtin_convertvector(n, VecI<T>) + C::kBias) << C::kMantissa;
+  Vec<T> r = p * reinterpret_cast<const Vec<T>&>(bits);
+  r = x < lo ? splat<T>(T(0)) : r;
+  return x != x ? x : r;
+}
+
+}  // namespace attnkit::cpu::ATTNKIT_ISA

@@ -1,0 +1,13 @@
+// Stands in for src/cuda/ when the build has no CUDA part (ATTNKIT_CUDA=OFF or no nvcc).
+#include "attnkit/cuda.h"
+
+namespace attnkit::cuda {
+
+bool built() { return false; }
+std::string runtime_version() { return ""; }
+int device_count(std::string* why) {
+  if (why) *why = "attnkit was built without CUDA";
+  return 0;
+}
+
+}  // namespace attnkit::cuda

@@ -1,0 +1,37 @@
+// Front door of scaled dot-product attention: the last line of defence before a kernel, so it
+// rechecks what a kernel relies on even though the Python layer validated the arrays first.
+#include "ops/dot_product.h"
+
+#include <cmath>
+#include <string>
+
+#include "attnkit/errors.h"
+#include "cpu/isa.h"
+
+namespace attnkit {
+namespace {
+
+constexpr const char* kOp = "scaled_dot_product_attention";
+
+[[noreturn]] void fail(const std::string& what) { throw ValueError(std::string(kOp) + ": " + what); }
+
+}  // namespace
+
+void scaled_dot_product_attention_cpu(const SdpaParams& p) {
+  if (p.B < 1 || p.H < 1 || p.Tq < 1 || p.Tk < 1 || p.D < 1 || p.Dv < 1)
+    fail("every axis must be non-empty, got B=" + std::to_string(p.B) + " H=" + std::to_string(p.H) +
+         " Tq=" + std::to_string(p.Tq) + " Tk=" + std::to_string(p.Tk) + " D=" + std::to_string(p.D) +
+         " Dv=" + std::to_string(p.Dv));
+  if (!(std::isfinite(p.scale) && p.scale > 0))
+    fail("scale must be a finite number > 0, got " + std::to_string(p.scale));
+  if (!p.q || !p.k || !p.v || !p.o) fail("q, k, v and out must all be given");
+  if (p.key_lengths)
+    for (int64_t b = 0; b < p.B; ++b)
+      if (p.key_lengths[b] < 0 || p.key_lengths[b] > p.Tk)
+        fail("key_lengths must lie in [0, Tk=" + std::to_string(p.Tk) + "], got key_lengths[" + std::to_string(b) +
+             "]=" + std::to_string(p.key_lengths[b]));
+  if (p.mask_kind != MaskKind::none && !p.mask) fail("mask kind given without a mask");
+  ATTNKIT_CPU_DISPATCH(sdpa_forward, p);
+}
+
+}  // namespace attnkit

@@ -1,0 +1,40 @@
+import numpy as np
+import pytest
+
+import attnkit
+from attnkit import _core
+
+# Every compiled ISA this CPU can run, plus the 'wide16' test build (AVX-512 tile geometry in
+# AVX2 code) where AVX2 exists, so the AVX-512 kernels' logic is tested on any x86-64 machine.
+ISAS = list(_core.supported_isas()) + (["wide16"] if "avx2" in _core.supported_isas() else [])
+UNSUPPORTED_ISAS = [i for i in _core.compiled_isas() if i not in _core.supported_isas()]
+
+# Tolerances by dtype: |got - ref| <= atol + rtol * |ref|.
+TOL = {np.float32: (2e-5, 2e-4), np.float64: (1e-12, 1e-10)}
+
+
+def assert_close(got, ref, dtype, what=""):
+    atol, rtol = TOL[np.dtype(dtype).type]
+    got = np.asarray(got, np.float64)
+    err = np.abs(got - ref)
+    bound = atol + rtol * np.abs(ref)
+    if not np.all(err <= bound):
+        i = np.unravel_index(np.argmax(err - bound), err.shape)
+        raise AssertionError(
+            f"{what}: max abs err {err.max():.3g}, max rel err {(err / np.maximum(np.abs(ref), 1e-300)).max():.3g}; "
+            f"worst at {i}: got {got[i]!r}, ref {ref[i]!r}"
+        )
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs the test once per ISA, restoring the best one afterwards."""
+    before = attnkit.get_cpu_isa()
+    attnkit.set_cpu_isa(request.param)
+    yield request.param
+    attnkit.set_cpu_isa(before)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

@@ -1,0 +1,162 @@
+"""attnkit.scaled_dot_product_attention against the float64 reference, on every ISA."""
+import numpy as np
+import pytest
+
+import attnkit
+from conftest import assert_close
+from reference import sdpa as ref_sdpa
+
+sdpa = attnkit.scaled_dot_product_attention
+
+HEAD_DIMS = [1, 7, 8, 15, 16, 33, 64, 80, 128]
+KEY_LENGTHS = [1, 2, 17, 129, 1025]
+# Query counts that hit the decode path (1, 2), a partial register tile (5), and one and several
+# query blocks of the tiled path (49, 97).
+QUERY_LENGTHS = [1, 2, 5, 49, 97]
+
+
+def make(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("Tk", KEY_LENGTHS)
+def test_matches_reference(isa, rng, dtype, D, Tk):
+    Tq = QUERY_LENGTHS[(D + Tk) % len(QUERY_LENGTHS)]
+    Dv = D if D % 2 else D + 3  # Dv != D half of the time
+    B, H = 3, 2
+    q, k, v = make(rng, (B, H, Tq, D), dtype), make(rng, (B, H, Tk, D), dtype), make(rng, (B, H, Tk, Dv), dtype)
+    lengths = np.array([Tk, max(1, Tk // 3), max(1, Tk - 1)])  # unsorted
+    for kl in (None, lengths):
+        out, w = sdpa(q, k, v, key_lengths=kl, return_weights=True)
+        ref, ref_w = ref_sdpa(q, k, v, key_lengths=kl)
+        assert out.dtype == dtype and out.shape == (B, H, Tq, Dv) and w.shape == (B, H, Tq, Tk)
+        assert_close(out, ref, dtype, f"out isa={isa} kl={kl is not None}")
+        assert_close(w, ref_w, dtype, f"weights isa={isa}")
+
+
+@pytest.mark.parametrize("Tq,Tk", [(1, 1), (1, 300), (2, 40), (7, 7), (60, 60), (20, 150), (130, 70), (49, 1)])
+def test_causal_aligns_last_query_with_last_key(isa, rng, Tq, Tk):
+    q, k, v = make(rng, (2, 2, Tq, 16), np.float64), make(rng, (2, 2, Tk, 16), np.float64), make(rng, (2, 2, Tk, 9), np.float64)
+    for kl in (None, [Tk, max(1, Tk // 2)]):
+        out, w = sdpa(q, k, v, causal=True, key_lengths=kl, return_weights=True)
+        ref, ref_w = ref_sdpa(q, k, v, causal=True, key_lengths=kl)
+        assert_close(out, ref, np.float64, "causal out")
+        assert_close(w, ref_w, np.float64, "causal weights")
+    if Tq > Tk:  # the first Tq - Tk queries see no key at all
+        assert np.all(out[:, :, : Tq - Tk] == 0)
+
+
+@pytest.mark.parametrize("mask_shape", [(19,), (6, 19), (2, 1, 1, 19), (2, 3, 6, 19), (1, 3, 1, 1)])
+@pytest.mark.parametrize("kind", ["bool", "additive"])
+def test_explicit_masks_broadcast(isa, rng, mask_shape, kind):
+    q, k, v = make(rng, (2, 3, 6, 8), np.float32), make(rng, (2, 3, 19, 8), np.float32), make(rng, (2, 3, 19, 5), np.float32)
+    if kind == "bool":
+        mask = rng.random(mask_shape) > 0.3
+    else:
+        mask = rng.standard_normal(mask_shape).astype(np.float32)
+        mask[rng.random(mask_shape) < 0.2] = -np.inf
+    for kwargs in ({}, {"key_lengths": [12, 19]}, {"causal": True}):
+        out, w = sdpa(q, k, v, mask=mask, return_weights=True, **kwargs)
+        ref, ref_w = ref_sdpa(q, k, v, mask=mask, **kwargs)
+        assert_close(out, ref, np.float32, f"{kind} mask {mask_shape} {kwargs}")
+        assert_close(w, ref_w, np.float32, "weights")
+
+
+@pytest.mark.parametrize("Tq", [1, 3, 50])
+def test_fully_masked_rows_give_zeros_not_nan(isa, rng, Tq):
+    q, k, v = make(rng, (3, 2, Tq, 8), np.float32), make(rng, (3, 2, 10, 8), np.float32), make(rng, (3, 2, 10, 8), np.float32)
+    out, w = sdpa(q, k, v, key_lengths=[0, 10, 0], return_weights=True)
+    assert np.all(out[[0, 2]] == 0) and np.all(w[[0, 2]] == 0)
+    assert np.all(np.isfinite(out)) and np.all(np.isfinite(w))
+    all_false = np.zeros((Tq, 10), dtype=bool)
+    assert np.all(sdpa(q, k, v, mask=all_false) == 0)
+    minus_inf = np.full((Tq, 10), -np.inf, dtype=np.float32)
+    assert np.all(sdpa(q, k, v, mask=minus_inf) == 0)
+
+
+@pytest.mark.parametrize("Tq", [1, 40])
+def test_padding_garbage_never_leaks(isa, rng, Tq):
+    q, k, v = make(rng, (2, 1, Tq, 16), np.float32), make(rng, (2, 1, 70, 16), np.float32), make(rng, (2, 1, 70, 16), np.float32)
+    lengths = [33, 70]
+    k[0, :, 33:] = np.nan
+    v[0, :, 33:] = np.inf
+    out = sdpa(q, k, v, key_lengths=lengths)
+    ref, _ = ref_sdpa(q[:, :, :, :], np.nan_to_num(k, nan=0.0), np.where(np.isinf(v), 0, v), key_lengths=lengths)
+    assert np.all(np.isfinite(out))
+    assert_close(out, ref, np.float32, "garbage in padding")
+
+
+def test_three_d_inputs(isa, rng):
+    q, k, v = make(rng, (4, 9, 16), np.float32), make(rng, (4, 21, 16), np.float32), make(rng, (4, 21, 3), np.float32)
+    mask = rng.random((9, 21)) > 0.2
+    out, w = sdpa(q, k, v, key_lengths=[21, 5, 1, 13], mask=mask, return_weights=True)
+    ref, ref_w = ref_sdpa(q, k, v, key_lengths=[21, 5, 1, 13], mask=mask)
+    assert out.shape == (4, 9, 3) and w.shape == (4, 9, 21)
+    assert_close(out, ref, np.float32, "3-D")
+    assert_close(w, ref_w, np.float32, "3-D weights")
+
+
+def test_strided_views_are_read_in_place(isa, rng):
+    B, T, H, Dh = 2, 37, 4, 16
+    x = make(rng, (B, T, 3, H, Dh), np.float32)  # a packed qkv projection
+    q, k, v = (x[:, :, i].transpose(0, 2, 1, 3) for i in range(3))  # [B, H, T, Dh] views
+    assert not q.flags.c_contiguous
+    ref, _ = ref_sdpa(q, k, v)
+    assert_close(sdpa(q, k, v), ref, np.float32, "head views")
+    # negative strides, broadcast (zero-stride) keys, a non-contiguous last axis
+    qr = q[:, :, ::-1]
+    kb = np.broadcast_to(k[:1], k.shape)
+    vn = make(rng, (B, H, T, 2 * Dh), np.float32)[..., ::2]
+    ref, _ = ref_sdpa(qr, kb, vn)
+    assert_close(sdpa(qr, kb, vn), ref, np.float32, "negative/zero/odd strides")
+
+
+def test_out_is_validated_and_reused(rng):
+    q, k, v = make(rng, (2, 2, 5, 8), np.float32), make(rng, (2, 2, 7, 8), np.float32), make(rng, (2, 2, 7, 4), np.float32)
+    out = np.full((2, 2, 5, 4), np.nan, dtype=np.float32)
+    assert sdpa(q, k, v, out=out) is out
+    assert_close(out, ref_sdpa(q, k, v)[0], np.float32, "out=")
+    # a strided out: write heads into [B, T, H, Dv] through a transposed view
+    buf = np.full((2, 5, 2, 4), np.nan, dtype=np.float32)
+    sdpa(q, k, v, out=buf.transpose(0, 2, 1, 3))
+    assert_close(buf.transpose(0, 2, 1, 3), ref_sdpa(q, k, v)[0], np.float32, "strided out")
+
+
+def test_scale_and_float64_precision(isa, rng):
+    q, k, v = make(rng, (1, 2, 30, 24), np.float64), make(rng, (1, 2, 300, 24), np.float64), make(rng, (1, 2, 300, 24), np.float64)
+    for scale in (0.01, 1.0, 3.7):
+        out = sdpa(q, k, v, scale=scale)
+        assert_close(out, ref_sdpa(q, k, v, scale=scale)[0], np.float64, f"scale {scale}")
+
+
+def test_decode_split_over_keys_matches(rng):
+    """One query row over many keys splits the keys across threads; the merge must be exact."""
+    q, k, v = make(rng, (1, 1, 1, 64), np.float32), make(rng, (1, 1, 5000, 64), np.float32), make(rng, (1, 1, 5000, 64), np.float32)
+    before = attnkit.get_num_threads()
+    try:
+        results = {}
+        for threads in (1, 2, 5):
+            attnkit.set_num_threads(threads)
+            out, w = sdpa(q, k, v, key_lengths=[4321], return_weights=True)
+            assert_close(out, ref_sdpa(q, k, v, key_lengths=[4321])[0], np.float32, f"threads={threads}")
+            assert_close(w, ref_sdpa(q, k, v, key_lengths=[4321])[1], np.float32, "weights")
+            again = sdpa(q, k, v, key_lengths=[4321])
+            assert np.array_equal(out, again), "not bitwise reproducible at a fixed thread count"
+            results[threads] = out
+    finally:
+        attnkit.set_num_threads(before)
+
+
+def test_results_do_not_depend_on_thread_count_in_tiled_path(rng):
+    q, k, v = make(rng, (3, 2, 100, 32), np.float32), make(rng, (3, 2, 90, 32), np.float32), make(rng, (3, 2, 90, 32), np.float32)
+    before = attnkit.get_num_threads()
+    try:
+        attnkit.set_num_threads(1)
+        one = sdpa(q, k, v, causal=True)
+        attnkit.set_num_threads(3)
+        three = sdpa(q, k, v, causal=True)
+    finally:
+        attnkit.set_num_threads(before)
+    assert np.array_equal(one, three)

@@ -1,0 +1,85 @@
+"""attnkit.multi_head_attention in both weight layouts, against float64 and torch."""
+import numpy as np
+import pytest
+
+import attnkit
+from conftest import assert_close
+from reference import multi_head as ref_mha
+
+mha = attnkit.multi_head_attention
+
+
+def torch_layout(rng, E, dtype, bias=True):
+    p = {"in_proj_weight": rng.standard_normal((3 * E, E)) / np.sqrt(E), "out_proj.weight": rng.standard_normal((E, E)) / np.sqrt(E)}
+    if bias:
+        p["in_proj_bias"] = rng.standard_normal(3 * E)
+        p["out_proj.bias"] = rng.standard_normal(E)
+    return {n: a.astype(dtype) for n, a in p.items()}
+
+
+def espnet_layout(rng, E, Ek, Ev, dtype):
+    p = {}
+    for name, din in (("linear_q", E), ("linear_k", Ek), ("linear_v", Ev), ("linear_out", E)):
+        p[f"{name}.weight"] = (rng.standard_normal((E, din)) / np.sqrt(din)).astype(dtype)
+        p[f"{name}.bias"] = rng.standard_normal(E).astype(dtype)
+    return p
+
+
+def split_torch(p, E):
+    w, b = p["in_proj_weight"], p.get("in_proj_bias")
+    bs = (None,) * 3 if b is None else (b[:E], b[E : 2 * E], b[2 * E :])
+    return w[:E], bs[0], w[E : 2 * E], bs[1], w[2 * E :], bs[2], p["out_proj.weight"], p.get("out_proj.bias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("heads,E", [(1, 8), (4, 32), (3, 33)])
+def test_torch_layout_self_and_cross_attention(isa, rng, dtype, heads, E):
+    p = torch_layout(rng, E, dtype)
+    x = rng.standard_normal((3, 11, E)).astype(dtype)
+    mem = rng.standard_normal((3, 17, E)).astype(dtype)
+    kl = [17, 4, 9]
+    out, w = mha(x, x, x, p, num_heads=heads, return_weights=True)
+    ref, ref_w = ref_mha(x, x, x, *split_torch(p, E), heads)
+    assert_close(out, ref, dtype, "self-attention")
+    assert_close(w, ref_w, dtype, "self-attention weights")
+    out = mha(x, mem, mem, p, num_heads=heads, key_lengths=kl, causal=False)
+    assert_close(out, ref_mha(x, mem, mem, *split_torch(p, E), heads, key_lengths=kl)[0], dtype, "cross-attention")
+
+
+def test_espnet_layout_with_different_key_sizes(isa, rng):
+    E, Ek, Ev = 24, 10, 7
+    p = espnet_layout(rng, E, Ek, Ev, np.float64)
+    q, k, v = rng.standard_normal((2, 5, E)), rng.standard_normal((2, 9, Ek)), rng.standard_normal((2, 9, Ev))
+    ws = [p[f"{n}.{t}"] for n in ("linear_q", "linear_k", "linear_v", "linear_out") for t in ("weight", "bias")]
+    mask = rng.random((2, 1, 5, 9)) > 0.3
+    out = mha(q, k, v, p, num_heads=4, mask=mask, causal=True)
+    assert_close(out, ref_mha(q, k, v, *ws, 4, mask=mask, causal=True)[0], np.float64, "espnet layout")
+
+
+def test_matches_torch_multihead_attention(rng):
+    torch = pytest.importorskip("torch")
+    E, H = 64, 4
+    m = torch.nn.MultiheadAttention(E, H, batch_first=True).eval()
+    p = {n: t.detach().numpy() for n, t in m.state_dict().items()}
+    x = rng.standard_normal((2, 30, E)).astype(np.float32)
+    pad = np.zeros((2, 30), dtype=bool)
+    pad[1, 21:] = True  # torch: True = ignore
+    with torch.inference_mode():
+        ref, ref_w = m(*(torch.from_numpy(x),) * 3, key_padding_mask=torch.from_numpy(pad), average_attn_weights=False)
+    out, w = mha(x, x, x, p, num_heads=H, key_lengths=[30, 21], return_weights=True)
+    np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(w, ref_w.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_bad_params_are_named(rng):
+    x = rng.standard_normal((1, 3, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="params must hold torch.nn.MultiheadAttention weights"):
+        mha(x, x, x, {"weight": np.zeros((8, 8))}, num_heads=2)
+    p = torch_layout(rng, 8, np.float32)
+    p["out_proj.weight"] = np.zeros((8, 7), np.float32)
+    with pytest.raises(ValueError, match=r"params\['out_proj.weight'\] must have shape \(8, 8\), got \(8, 7\)"):
+        mha(x, x, x, p, num_heads=2)
+    with pytest.raises(ValueError, match="num_heads must be a positive integer dividing E=8, got 3"):
+        mha(x, x, x, torch_layout(rng, 8, np.float32), num_heads=3)
+    with pytest.raises(TypeError, match="params must be a dict"):
+        mha(x, x, x, [1, 2], num_heads=2)
