@@ -1,12 +1,11 @@
 """Scaled dot-product attention (Transformer style) on NumPy arrays."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from attnkit import _core
-from attnkit._arrays import describe, host_float_array, last_axis_contiguous, lengths_array, positive_scalar
+from attnkit._arrays import describe, host_float_array, positive_scalar
 
 _OP = "scaled_dot_product_attention"
 
@@ -32,18 +31,12 @@ def _mask_4d(mask, q_ndim: int, full: tuple[int, int, int, int], dtype: np.dtype
     return mask
 
 
-def _check_out(name: str, out, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{_OP}: {name} must be a numpy.ndarray, got {describe(out)}")
-    if out.shape != shape:
-        raise ValueError(f"{_OP}: {name} must have shape {shape}, got {out.shape}")
-    if out.dtype != dtype:
-        raise TypeError(f"{_OP}: {name} must have dtype {dtype}, got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError(f"{_OP}: {name} must be writeable")
-    if out.shape[-1] != 1 and out.strides[-1] != out.itemsize:
-        raise ValueError(f"{_OP}: {name} must have a contiguous last axis, got strides {out.strides}")
-    return out
+def _lengths(key_lengths) -> np.ndarray:
+    """key_lengths as an int64 array (range and shape are checked in C++)."""
+    arr = np.asarray(key_lengths)
+    if arr.dtype != np.int64 and arr.dtype.kind in "iu":
+        arr = arr.astype(np.int64)
+    return arr
 
 
 def scaled_dot_product_attention(
@@ -79,41 +72,33 @@ def scaled_dot_product_attention(
     written and returned instead of a new array. Inputs are used without copying when their last
     axis is contiguous; other strides (head views, slices) are read in place.
     """
-    q = host_float_array(_OP, "q", q, (3, 4))
-    k = host_float_array(_OP, "k", k, (3, 4))
-    v = host_float_array(_OP, "v", v, (3, 4))
-    if not (q.ndim == k.ndim == v.ndim):
-        raise ValueError(f"{_OP}: q, k and v must have the same rank, got {q.ndim}, {k.ndim} and {v.ndim}")
-    if k.dtype != q.dtype or v.dtype != q.dtype:
-        raise TypeError(f"{_OP}: q, k and v must share one dtype, got {q.dtype}, {k.dtype} and {v.dtype}")
-    three_d = q.ndim == 3
-    q4, k4, v4 = (x[:, None] for x in (q, k, v)) if three_d else (q, k, v)
-    B, H, Tq, D = q4.shape
-    Tk = k4.shape[2]
-    if k4.shape != (B, H, Tk, D):
-        want = "[B, Tk, D]" if three_d else "[B, H, Tk, D]"
-        raise ValueError(f"{_OP}: k must be {want} with B, H, D as in q {q.shape}, got {k.shape}")
-    if v4.shape[:3] != (B, H, Tk):
-        want = "[B, Tk, Dv]" if three_d else "[B, H, Tk, Dv]"
-        raise ValueError(f"{_OP}: v must be {want} with B, H, Tk as in k {k.shape}, got {v.shape}")
-    Dv = v4.shape[3]
-    q4, k4, v4 = last_axis_contiguous(q4), last_axis_contiguous(k4), last_axis_contiguous(v4)
-
-    scale = 1.0 / math.sqrt(D) if scale is None else positive_scalar(_OP, "scale", scale)
-    lengths = None if key_lengths is None else lengths_array(_OP, "key_lengths", key_lengths, B, Tk, "Tk")
-    mask4 = None if mask is None else _mask_4d(mask, q.ndim, (B, H, Tq, Tk), q.dtype)
-
-    out_shape = (B, Tq, Dv) if three_d else (B, H, Tq, Dv)
+    # Checks of shapes, dtypes, strides and lengths happen once, in the C++ front door, with
+    # messages that name the argument; this layer only routes non-NumPy inputs to clear errors,
+    # views 3-D inputs as one head and allocates the outputs (about 1 us in all).
+    if type(q) is not np.ndarray or type(k) is not np.ndarray or type(v) is not np.ndarray:
+        q, k, v = (host_float_array(_OP, n, x, (3, 4)) for n, x in (("q", q), ("k", k), ("v", v)))
+    three_d = q.ndim == 3 and k.ndim == 3 and v.ndim == 3
+    if three_d:
+        q, k, v = q[:, None], k[:, None], v[:, None]
+    if scale is not None:
+        scale = positive_scalar(_OP, "scale", scale)
+    if key_lengths is not None:
+        key_lengths = _lengths(key_lengths)
+    if mask is not None and q.ndim == 4 and k.ndim == 4:
+        mask = _mask_4d(mask, 3 if three_d else 4, q.shape[:3] + k.shape[2:3], q.dtype)
     if out is None:
-        out = np.empty(out_shape, dtype=q.dtype)
+        out = np.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
+        out_view = out
     else:
-        _check_out("out", out, out_shape, q.dtype)
-    weights = np.empty((B, Tq, Tk) if three_d else (B, H, Tq, Tk), dtype=q.dtype) if return_weights else None
+        if not isinstance(out, np.ndarray):
+            raise TypeError(f"{_OP}: out must be a numpy.ndarray, got {describe(out)}")
+        out_view = out[:, None] if three_d and out.ndim == 3 else out
+    weights = np.empty(q.shape[:-1] + k.shape[-2:-1], dtype=q.dtype) if return_weights else None
 
-    _core.sdpa(
-        q4, k4, v4,
-        out[:, None] if three_d else out,
-        None if weights is None else (weights[:, None] if three_d else weights),
-        lengths, mask4, bool(causal), scale,
-    )
+    _core.sdpa(q, k, v, out_view, weights, key_lengths, mask, bool(causal), scale or 0.0, three_d)
+    if three_d:
+        if out.ndim == 4:
+            out = out[:, 0]
+        if weights is not None:
+            weights = weights[:, 0]
     return (out, weights) if return_weights else out

@@ -2,6 +2,7 @@
 // rechecks what a kernel relies on even though the Python layer validated the arrays first.
 #include "ops/dot_product.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -25,11 +26,12 @@ void scaled_dot_product_attention_cpu(const SdpaParams& p) {
   if (!(std::isfinite(p.scale) && p.scale > 0))
     fail("scale must be a finite number > 0, got " + std::to_string(p.scale));
   if (!p.q || !p.k || !p.v || !p.o) fail("q, k, v and out must all be given");
-  if (p.key_lengths)
-    for (int64_t b = 0; b < p.B; ++b)
-      if (p.key_lengths[b] < 0 || p.key_lengths[b] > p.Tk)
-        fail("key_lengths must lie in [0, Tk=" + std::to_string(p.Tk) + "], got key_lengths[" + std::to_string(b) +
-             "]=" + std::to_string(p.key_lengths[b]));
+  if (p.key_lengths) {
+    const auto [lo, hi] = std::minmax_element(p.key_lengths, p.key_lengths + p.B);
+    if (*lo < 0 || *hi > p.Tk)
+      fail("key_lengths must lie in [0, Tk=" + std::to_string(p.Tk) + "], got min " + std::to_string(*lo) +
+           " and max " + std::to_string(*hi));
+  }
   if (p.mask_kind != MaskKind::none && !p.mask) fail("mask kind given without a mask");
   ATTNKIT_CPU_DISPATCH(sdpa_forward, p);
 }
