@@ -1,8 +1,9 @@
 // Scaled dot-product attention on the CPU, compiled once per ISA (see vec.h).
 //
 // Tiled path (Tq > 2), one task per (b, h, block of kBlockQ query rows):
-//   Kp = K[b,h] packed in panels of NR keys (Kp[j/NR][d][j%NR]), Vp = V[b,h] padded to Dv_pad
-//   columns; both packed once per (b,h) per thread and only as far as some row needs.
+//   Kp = K[b,h] packed in panels of NR keys (Kp[j/NR][d][j%NR]), once per (b,h) per thread and
+//   only as far as some row needs; V is read in place, or packed as Vp padded to Dv_pad columns
+//   when Dv is not a multiple of the register tile width.
 //   Qs = Q block * scale * log2(e), so scores are in base 2 and exp becomes exp2.
 //   for each block of kBlockK keys (skipping blocks past key_lengths[b] and the causal limit):
 //     S = Qs Kp                          register tiles of kTileRows x (kTileVecs*W)
@@ -48,6 +49,7 @@ struct SdpaKernel {
   T* w;
   const T qscale;  // scale * log2(e)
   const int64_t Dv_pad;
+  const bool pack_v;  // V rows are read in place when Dv fills whole register tiles
   std::atomic<bool> out_of_memory{false};
 
   explicit SdpaKernel(const SdpaParams& params)
@@ -58,7 +60,8 @@ struct SdpaKernel {
         o(static_cast<T*>(params.o)),
         w(static_cast<T*>(params.weights)),
         qscale(T(params.scale * kLog2e)),
-        Dv_pad(round_up(params.Dv, NC)) {}
+        Dv_pad(round_up(params.Dv, NC)),
+        pack_v(params.Dv % NC != 0) {}
 
   int64_t valid_keys(int64_t b) const { return p.key_lengths ? p.key_lengths[b] : p.Tk; }
 
@@ -161,7 +164,7 @@ struct SdpaKernel {
   std::size_t tiled_layout(ScratchLayout& lay, std::size_t off[7]) const {
     const int64_t tk_pad = round_up(p.Tk, NR);
     off[0] = lay.add<T>(tk_pad * p.D);
-    off[1] = lay.add<T>(tk_pad * Dv_pad);
+    off[1] = lay.add<T>(pack_v ? tk_pad * Dv_pad : 0);
     off[2] = lay.add<T>(kBlockQ * p.D);
     off[3] = lay.add<T>(kBlockQ * kBlockK);
     off[4] = lay.add<T>(kBlockQ * Dv_pad);
@@ -183,19 +186,34 @@ struct SdpaKernel {
     const int64_t valid = valid_keys(b);
     const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
     const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
-    for (int64_t j = sc.packed_keys; j < target; ++j) {
+    const int64_t dfull = p.D / W * W;
+    for (int64_t j = sc.packed_keys; j < target;) {
       T* kpanel = sc.kp + (j / NR) * p.D * NR + (j % NR);
-      T* vrow = sc.vp + j * Dv_pad;
-      if (j < valid) {
-        const T* krow = kb + j * p.k_stride[2];
-        for (int64_t d = 0; d < p.D; ++d) kpanel[d * NR] = krow[d];
-        const T* vsrc = vb + j * p.v_stride[2];
-        std::copy(vsrc, vsrc + p.Dv, vrow);
-        std::fill(vrow + p.Dv, vrow + Dv_pad, T(0));
+      const T* krow = kb + j * p.k_stride[2];
+      const int64_t n = j % W == 0 && j + W <= valid ? W : 1;
+      if (n == W) {
+        // W whole keys: W x W transposes into the panel (3x fewer instructions than scalar
+        // scattering, which cost as much as the math itself for a 10-hypothesis beam).
+        for (int64_t d = 0; d < dfull; d += W) {
+          V block[W];
+          for (int i = 0; i < W; ++i) block[i] = load(krow + i * p.k_stride[2] + d);
+          transpose_block<T>(block);
+          for (int i = 0; i < W; ++i) store(kpanel + (d + i) * NR, block[i]);
+        }
+        for (int i = 0; i < W; ++i)
+          for (int64_t d = dfull; d < p.D; ++d) kpanel[d * NR + i] = krow[i * p.k_stride[2] + d];
       } else {
-        for (int64_t d = 0; d < p.D; ++d) kpanel[d * NR] = T(0);
-        std::fill(vrow, vrow + Dv_pad, T(0));
+        for (int64_t d = 0; d < p.D; ++d) kpanel[d * NR] = j < valid ? krow[d] : T(0);
       }
+      if (pack_v) {
+        for (int64_t jj = j; jj < j + n; ++jj) {
+          T* vrow = sc.vp + jj * Dv_pad;
+          const T* vsrc = vb + jj * p.v_stride[2];
+          if (jj < valid) std::copy(vsrc, vsrc + p.Dv, vrow);
+          std::fill(vrow + (jj < valid ? p.Dv : 0), vrow + Dv_pad, T(0));
+        }
+      }
+      j += n;
     }
     sc.packed_keys = target;
   }
@@ -226,6 +244,7 @@ struct SdpaKernel {
     std::fill(sc.m, sc.m + mq_pad, -std::numeric_limits<T>::infinity());
     std::fill(sc.l, sc.l + mq_pad, T(0));
     T* wb = w ? w + b * p.w_stride[0] + h * p.w_stride[1] : nullptr;
+    const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
 
     for (int64_t j0 = 0; j0 < max_lim; j0 += kBlockK) {
       const int64_t nk = std::min(kBlockK, max_lim - j0);
@@ -264,10 +283,14 @@ struct SdpaKernel {
           for (int64_t c = 0; c < Dv_pad; c += W) store(arow + c, load(arow + c) * av);
         }
       }
+      // Unpacked V: only the nk keys of the block are read (never the padding past the valid
+      // length, whose garbage times P = 0 could give NaN); packed V is zero there.
+      const T* vblock = pack_v ? sc.vp + j0 * Dv_pad : vb + j0 * p.v_stride[2];
+      const int64_t ldv = pack_v ? Dv_pad : p.v_stride[2];
+      const int64_t nv = pack_v ? nk_pad : nk;
       for (int64_t r0 = 0; r0 < mq_pad; r0 += kTileRows)
         for (int64_t c = 0; c < Dv_pad; c += NC)
-          pv_tile(sc.s + r0 * kBlockK, kBlockK, sc.vp + j0 * Dv_pad + c, Dv_pad, nk_pad, sc.acc + r0 * Dv_pad + c,
-                  Dv_pad);
+          pv_tile(sc.s + r0 * kBlockK, kBlockK, vblock + c, ldv, nv, sc.acc + r0 * Dv_pad + c, Dv_pad);
     }
 
     T* ob = o + b * p.o_stride[0] + h * p.o_stride[1];

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <utility>
 
 #ifndef ATTNKIT_VEC_BYTES
@@ -69,6 +70,29 @@ template <typename T> inline T hmax(Vec<T> v) {
   T m = v[0];
   for (int i = 1; i < lanes<T>(); ++i) m = v[i] > m ? v[i] : m;
   return m;
+}
+
+// In-register transpose of a W x W block (W = lanes): after it, r[d][i] is the old r[i][d].
+// log2(W) rounds of interleaving row i with row i + W/2 (a perfect shuffle); each zip is one
+// compile-time __builtin_shuffle, which GCC lowers to unpack/permute instructions.
+template <typename T, std::size_t... I>
+inline VecI<T> zip_mask(bool high, std::index_sequence<I...>) {
+  constexpr int w = lanes<T>();
+  return VecI<T>{static_cast<typename std::remove_reference<decltype(VecI<T>{}[0])>::type>(
+      (high ? w / 2 : 0) + int(I) / 2 + (I % 2 ? w : 0))...};
+}
+template <typename T> inline void transpose_block(Vec<T>* r) {
+  constexpr int w = lanes<T>();
+  const auto seq = std::make_index_sequence<std::size_t(w)>();
+  const VecI<T> lo = zip_mask<T>(false, seq), hi = zip_mask<T>(true, seq);
+  for (int round = 1; round < w; round *= 2) {
+    Vec<T> next[w];
+    for (int i = 0; i < w / 2; ++i) {
+      next[2 * i] = __builtin_shuffle(r[i], r[i + w / 2], lo);
+      next[2 * i + 1] = __builtin_shuffle(r[i], r[i + w / 2], hi);
+    }
+    for (int i = 0; i < w; ++i) r[i] = next[i];
+  }
 }
 
 // 2^x, vectorised: x = n + f with n = round(x), |f| <= 1/2; 2^f by its Taylor series in f*ln2
