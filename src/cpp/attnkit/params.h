@@ -37,3 +37,34 @@ struct SdpaParams {
 };
 
 }  // namespace attnkit
+
+namespace attnkit {
+
+// One step of ESPnet-style additive attention with an optional location term, for N rows that
+// map onto B prepared utterances (rows[n] = utterance of row n):
+//   f[n,t,c] = sum_r sum_j conv_w[c,r,j] * att_in[n,r,t+j-F]      (cross-correlation, zero pad F)
+//   e[n,t]   = sum_a gvec[a] tanh(P[rows[n],t,a] + q[n,a] + sum_c f[n,t,c] proj[a,c] + loc_bias[a])
+//   w[n,:]   = softmax(scaling * e[n,:]) over t < lengths[rows[n]], 0 beyond
+//   ctx[n,:] = sum_t w[n,t] values[rows[n],t,:]
+// AttAdd has no location term; AttLoc/AttCovLoc/AttLoc2D convolve the previous weights (or the
+// coverage sum, or the window); AttCov is the case C = R = K = 1 with proj = wvec.
+struct AdditiveStepParams {
+  DType dtype = DType::f32;
+  int64_t B = 0, T = 0, A = 0, Ev = 0, N = 0;
+  int64_t C = 0, R = 0, K = 0;       // location conv: channels, input rows, width (C = 0: none)
+  const void* P = nullptr;           // [B][T][A] contiguous
+  const void* values = nullptr;      // [B][T][Ev] contiguous
+  const int64_t* lengths = nullptr;  // [B], 1 <= lengths[b] <= T
+  const int64_t* rows = nullptr;     // [N], 0 <= rows[n] < B
+  const void* q = nullptr;           // [N][A]
+  const void* att_in = nullptr;      // [N][R][T]
+  const void* conv_w = nullptr;      // [C][R][K]
+  const void* proj = nullptr;        // [A][C]
+  const void* loc_bias = nullptr;    // [A] or null
+  const void* gvec = nullptr;        // [A]
+  double scaling = 1.0;
+  void* context = nullptr;           // [N][Ev]
+  void* weights = nullptr;           // [N][T]
+};
+
+}  // namespace attnkit

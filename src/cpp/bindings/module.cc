@@ -6,4 +6,5 @@ NB_MODULE(_core, m) {
   register_errors(m);
   register_runtime(m);
   register_dot_product(m);
+  register_additive(m);
 }

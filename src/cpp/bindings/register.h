@@ -5,4 +5,5 @@ namespace attnkit::bindings {
 void register_errors(nanobind::module_& m);
 void register_runtime(nanobind::module_& m);
 void register_dot_product(nanobind::module_& m);
+void register_additive(nanobind::module_& m);
 }  // namespace attnkit::bindings

@@ -22,7 +22,8 @@ Isa active_isa();                   // best_isa(), lowered by ATTNKIT_CPU_ISA or
 void set_active_isa(const std::string& name);  // throws ValueError / UnsupportedError
 
 #define ATTNKIT_DECLARE_CPU_KERNELS                                                         \
-  void sdpa_forward(const ::attnkit::SdpaParams& p);
+  void sdpa_forward(const ::attnkit::SdpaParams& p);                                      \
+  void additive_step(const ::attnkit::AdditiveStepParams& p);
 
 namespace portable { ATTNKIT_DECLARE_CPU_KERNELS }
 #ifdef ATTNKIT_HAVE_AVX2

@@ -109,23 +109,28 @@ template <> struct Exp2Consts<double> {
   static constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
 };
 
+// 2^x for x already within the normal exponent range [1 - bias, bias].
+template <typename T> inline Vec<T> exp2_core(Vec<T> x) {
+  using C = Exp2Consts<T>;
+  const Vec<T> n = (x + C::kRound) - C::kRound;
+  const Vec<T> f = (x - n) * T(0.69314718055994530942);
+  // Horner on sum_k f^k / k!
+  T inv_fact[C::kDegree + 1];
+  inv_fact[0] = 1;
+  for (int k = 1; k <= C::kDegree; ++k) inv_fact[k] = inv_fact[k - 1] / T(k);
+  Vec<T> p = splat<T>(inv_fact[C::kDegree]);
+#pragma GCC unroll 16
+  for (int k = C::kDegree - 1; k >= 0; --k) p = p * f + inv_fact[k];
+  const VecI<T> bits = (__builtin_convertvector(n, VecI<T>) + C::kBias) << C::kMantissa;
+  return p * reinterpret_cast<const Vec<T>&>(bits);
+}
+
 template <typename T> inline Vec<T> exp2v(Vec<T> x) {
   using C = Exp2Consts<T>;
   const T lo = T(1 - C::kBias), hi = T(C::kBias);
   Vec<T> xc = x < lo ? splat<T>(lo) : x;
   xc = xc > hi ? splat<T>(hi) : xc;
-  const Vec<T> n = (xc + C::kRound) - C::kRound;
-  const Vec<T> f = (xc - n) * T(0.69314718055994530942);
-  // Horner on sum_k f^k / k!
-  Vec<T> p = splat<T>(T(1));
-  T inv_fact[C::kDegree + 1];
-  inv_fact[0] = 1;
-  for (int k = 1; k <= C::kDegree; ++k) inv_fact[k] = inv_fact[k - 1] / T(k);
-  p = splat<T>(inv_fact[C::kDegree]);
-#pragma GCC unroll 16
-  for (int k = C::kDegree - 1; k >= 0; --k) p = p * f + inv_fact[k];
-  const VecI<T> bits = (__builtin_convertvector(n, VecI<T>) + C::kBias) << C::kMantissa;
-  Vec<T> r = p * reinterpret_cast<const Vec<T>&>(bits);
+  Vec<T> r = exp2_core<T>(xc);
   r = x < lo ? splat<T>(T(0)) : r;
   return x != x ? x : r;
 }
