@@ -1,0 +1,283 @@
+"""Backends: what runs a `Case`. Each turns NumPy inputs into zero-argument callables to time.
+
+Adding a backend: subclass `Backend`, implement `prepare` (and `available`, `supports`,
+`active`, `sync` where needed), and add it to `make_backends`. CUDA backends subclass
+`CudaBackend`: they are skipped with a note when attnkit sees no CUDA device, must run on the
+current stream and make `sync()` wait for it (the timer calls it after every sample).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import math
+from typing import Callable
+
+import numpy as np
+
+import attnkit
+from attnkit.bench.cases import Case
+
+# A naive implementation that materialises [B, H, Tq, Tk] scores is skipped above this size.
+NUMPY_SCORES_LIMIT = 2 << 30
+
+
+class Backend:
+    name = "?"
+    device = "cpu"
+
+    def available(self) -> tuple[bool, str]:
+        """(usable in this process, note saying why not / what it is)."""
+        return True, ""
+
+    def supports(self, case: Case) -> str | None:
+        """None if the case can run here, else the reason it is skipped."""
+        return None
+
+    def prepare(self, case: Case, copies: list[dict], params: dict | None) -> list[Callable[[], object]]:
+        """One callable per input copy; setup (conversions, modules, masks) happens here, untimed."""
+        raise NotImplementedError
+
+    def active(self):
+        """Context manager around warm-up and timing (global modes: ISA, inference mode)."""
+        return contextlib.nullcontext()
+
+    def sync(self) -> None:
+        """Waits for queued work (device backends)."""
+
+    def set_threads(self, n: int) -> None:
+        """Sets this backend's own thread pool, beyond attnkit's and NumPy's BLAS."""
+
+
+# ---- attnkit (CPU) ------------------------------------------------------------------------------
+
+
+class AttnkitCPU(Backend):
+    """attnkit's public API, with the active ISA, or a forced one (`--isa avx2` -> attnkit[avx2])."""
+
+    def __init__(self, isa: str | None = None):
+        self.isa = isa
+        self.name = "attnkit" if isa is None else f"attnkit[{isa}]"
+
+    def available(self):
+        cfg = attnkit.show_config()
+        if self.isa is None:
+            return True, f"ISA {cfg['cpu_isa_active']}"
+        before = attnkit.get_cpu_isa()
+        try:
+            attnkit.set_cpu_isa(self.isa)
+        except (ValueError, NotImplementedError) as e:
+            return False, str(e)
+        finally:
+            attnkit.set_cpu_isa(before)
+        return True, f"ISA {self.isa} (forced)"
+
+    @contextlib.contextmanager
+    def active(self):
+        if self.isa is None:
+            yield
+            return
+        before = attnkit.get_cpu_isa()
+        attnkit.set_cpu_isa(self.isa)
+        try:
+            yield
+        finally:
+            attnkit.set_cpu_isa(before)
+
+    def prepare(self, case, copies, params):
+        if case.op == "sdpa":
+            f, causal = attnkit.scaled_dot_product_attention, case.causal
+            return [lambda c=c: f(c["q"], c["k"], c["v"], key_lengths=c["key_lengths"], causal=causal)
+                    for c in copies]
+        f, H = attnkit.multi_head_attention, case.H
+        return [lambda c=c: f(c["query"], c["key"], c["value"], params, num_heads=H,
+                              key_lengths=c["key_lengths"], causal=case.causal)
+                for c in copies]
+
+
+# ---- NumPy --------------------------------------------------------------------------------------
+
+
+def numpy_sdpa(q, k, v, key_lengths=None, causal=False, scale=None):
+    """The textbook computation: S = scale q k^T, masked with -inf, softmax over keys, S v.
+    (A query with no visible key would give NaN; the benchmark cases have none.)"""
+    Tq, Tk = q.shape[-2], k.shape[-2]
+    s = np.matmul(q, np.swapaxes(k, -1, -2))
+    s *= (1.0 / math.sqrt(q.shape[-1])) if scale is None else scale
+    keep = None
+    if key_lengths is not None:
+        keep = np.arange(Tk) < np.asarray(key_lengths)[:, None, None, None]  # [B, 1, 1, Tk]
+    if causal:
+        c = np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq)  # [Tq, Tk]
+        keep = c if keep is None else keep & c
+    if keep is not None:
+        s = np.where(keep, s, -np.inf).astype(s.dtype, copy=False)
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return np.matmul(s, v)
+
+
+def numpy_mha(query, key, value, params, num_heads, key_lengths=None, causal=False):
+    """Projections with x W^T + b, heads by reshape/transpose, numpy_sdpa, output projection."""
+    B, Tq, E = query.shape
+    Tk, H = key.shape[1], num_heads
+    w, b = params["in_proj_weight"], params["in_proj_bias"]
+    q = query @ w[:E].T + b[:E]
+    k = key @ w[E:2 * E].T + b[E:2 * E]
+    v = value @ w[2 * E:].T + b[2 * E:]
+    heads = lambda x, t: x.reshape(B, t, H, E // H).transpose(0, 2, 1, 3)
+    ctx = numpy_sdpa(heads(q, Tq), heads(k, Tk), heads(v, Tk), key_lengths, causal)
+    return ctx.transpose(0, 2, 1, 3).reshape(B, Tq, E) @ params["out_proj.weight"].T + params["out_proj.bias"]
+
+
+class NumpyCPU(Backend):
+    name = "numpy"
+
+    def available(self):
+        return True, f"NumPy {np.__version__}"
+
+    def supports(self, case):
+        if case.scores_bytes() > NUMPY_SCORES_LIMIT:
+            return f"would materialise {case.scores_bytes() / 2**30:.1f} GiB of scores"
+        return None
+
+    def prepare(self, case, copies, params):
+        if case.op == "sdpa":
+            return [lambda c=c: numpy_sdpa(c["q"], c["k"], c["v"], c["key_lengths"], case.causal) for c in copies]
+        return [lambda c=c: numpy_mha(c["query"], c["key"], c["value"], params, case.H, c["key_lengths"], case.causal)
+                for c in copies]
+
+
+# ---- PyTorch (CPU) ------------------------------------------------------------------------------
+
+
+class TorchCPU(Backend):
+    """torch.nn.functional.scaled_dot_product_attention and torch.nn.MultiheadAttention (eval),
+    under torch.inference_mode(). Key lengths become a boolean mask (SDPA, True = attend) or a
+    key_padding_mask (MHA, True = ignore), built once per input copy outside the timing."""
+
+    name = "torch"
+
+    def available(self):
+        if importlib.util.find_spec("torch") is None:
+            return False, "not installed (pip install torch)"
+        import torch
+
+        return True, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+    def supports(self, case):
+        if case.dtype not in ("float32", "float64"):
+            return f"dtype {case.dtype} not benchmarked"
+        if case.op == "mha" and case.causal:
+            return "causal multi-head attention is not benchmarked"
+        return None
+
+    def active(self):
+        import torch
+
+        return torch.inference_mode()
+
+    def set_threads(self, n):
+        import torch
+
+        torch.set_num_threads(n)
+
+    def prepare(self, case, copies, params):
+        import torch
+
+        F = torch.nn.functional
+        if case.op == "sdpa":
+            out = []
+            for c in copies:
+                q, k, v = (torch.from_numpy(c[x]) for x in ("q", "k", "v"))
+                mask, is_causal = self._sdpa_mask(torch, case, c["key_lengths"])
+                out.append(lambda q=q, k=k, v=v, m=mask, ic=is_causal:
+                           F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=ic))
+            return out
+        dtype = getattr(torch, case.dtype)
+        m = torch.nn.MultiheadAttention(case.E, case.H, batch_first=True, dtype=dtype).eval()
+        with torch.no_grad():
+            m.in_proj_weight.copy_(torch.from_numpy(params["in_proj_weight"]))
+            m.in_proj_bias.copy_(torch.from_numpy(params["in_proj_bias"]))
+            m.out_proj.weight.copy_(torch.from_numpy(params["out_proj.weight"]))
+            m.out_proj.bias.copy_(torch.from_numpy(params["out_proj.bias"]))
+        out = []
+        for c in copies:
+            # keep the identity of shared arrays (self-attention: query is key is value)
+            tensors = {}
+            q, k, v = (tensors.setdefault(id(c[x]), torch.from_numpy(c[x])) for x in ("query", "key", "value"))
+            kpm = None
+            if c["key_lengths"] is not None:
+                kpm = torch.arange(case.Tk)[None, :] >= torch.from_numpy(c["key_lengths"])[:, None]
+            out.append(lambda q=q, k=k, v=v, kpm=kpm: m(q, k, v, key_padding_mask=kpm, need_weights=False))
+        return out
+
+    @staticmethod
+    def _sdpa_mask(torch, case, key_lengths):
+        """torch's is_causal aligns the first query with the first key; attnkit aligns the last
+        with the last. They agree when Tq == Tk; otherwise (or with lengths) build a mask."""
+        if key_lengths is None and (not case.causal or case.Tq == case.Tk):
+            return None, case.causal
+        keep = torch.ones(case.B, 1, case.Tq, case.Tk, dtype=torch.bool)
+        if key_lengths is not None:
+            keep &= (torch.arange(case.Tk)[None, :] < torch.from_numpy(key_lengths)[:, None])[:, None, None, :]
+        if case.causal:
+            keep &= torch.arange(case.Tk)[None, :] <= torch.arange(case.Tq)[:, None] + (case.Tk - case.Tq)
+        return keep, False
+
+
+# ---- CUDA (extension point) ---------------------------------------------------------------------
+
+
+class CudaBackend(Backend):
+    """Base of the GPU backends. Skipped with a note when attnkit sees no CUDA device. A concrete
+    backend converts the copies to device arrays in `prepare`, launches on the current stream,
+    and synchronises in `sync` (the timer calls it once per sample, after `inner` launches)."""
+
+    device = "cuda"
+    requires: str | None = None  # Python package needed besides a device
+
+    def available(self):
+        cfg = attnkit.show_config()
+        if not cfg["cuda_devices"]:
+            return False, f"no CUDA device ({cfg['cuda_note'] or 'none found'})"
+        if self.requires and importlib.util.find_spec(self.requires) is None:
+            return False, f"{self.requires} not installed"
+        return False, "not implemented yet (issue 7: GPU timing with CUDA events)"
+
+
+class AttnkitCUDA(CudaBackend):
+    name = "attnkit-cuda"
+
+
+class CupyCUDA(CudaBackend):
+    name = "cupy"
+    requires = "cupy"
+
+
+class TorchCUDA(CudaBackend):
+    name = "torch-cuda"
+    requires = "torch"
+
+
+CPU_BACKENDS = ("attnkit", "numpy", "torch")
+CUDA_BACKENDS = ("attnkit-cuda", "cupy", "torch-cuda")
+ALL_BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
+
+
+def make_backends(names: list[str], isas: list[str] | None = None) -> list[Backend]:
+    """Backends by name. With `isas`, "attnkit" becomes one backend per ISA (attnkit[avx2], ...);
+    the ISA name "all" means every ISA this build and CPU support."""
+    unknown = [n for n in names if n not in ALL_BACKENDS]
+    if unknown:
+        raise ValueError(f"bench: backends must be among {', '.join(ALL_BACKENDS)}, got {', '.join(unknown)}")
+    if isas and "all" in isas:
+        isas = list(attnkit.show_config()["cpu_isa_supported"])
+    out: list[Backend] = []
+    for n in names:
+        if n == "attnkit":
+            out.extend([AttnkitCPU(i) for i in isas] if isas else [AttnkitCPU()])
+        else:
+            out.append({"numpy": NumpyCPU, "torch": TorchCPU, "attnkit-cuda": AttnkitCUDA,
+                        "cupy": CupyCUDA, "torch-cuda": TorchCUDA}[n]())
+    return out

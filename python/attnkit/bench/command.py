@@ -1,0 +1,153 @@
+"""`attnkit bench` and `attnkit bench compare`: argument parsing on top of the engine."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from attnkit.bench.backends import ALL_BACKENDS
+from attnkit.bench.cases import OPS, full_cases, quick_cases
+from attnkit.bench.report import compare
+from attnkit.bench.runner import run
+
+DTYPES = ("float32", "float64")
+
+# (budget per case in seconds, warm-up seconds, peak repeats) for the full and the quick run
+FULL = (1.0, 0.1, 5)
+QUICK = (0.25, 0.05, 3)
+
+
+def _list(kind, allowed=None):
+    def parse(text: str):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError(f"must be a comma-separated list, got {text!r}")
+        if kind is int:
+            try:
+                items = [int(x) for x in items]
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be integers, got {text!r}") from None
+            if any(x < 1 for x in items):
+                raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+        if allowed is not None:
+            bad = [x for x in items if x not in allowed]
+            if bad:
+                raise argparse.ArgumentTypeError(f"must be among {', '.join(allowed)}, got {', '.join(bad)}")
+        return items
+
+    return parse
+
+
+def _positive(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return x
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `attnkit bench` (and `benchmarks/bench_sdpa.py` reuses some)."""
+    p.add_argument("--quick", action="store_true", help="a small sweep that finishes in under a minute")
+    p.add_argument("--ops", type=_list(str, OPS), default=list(OPS), metavar="LIST",
+                   help=f"ops to run (default: {','.join(OPS)})")
+    p.add_argument("--backends", type=_list(str, ALL_BACKENDS), default=list(ALL_BACKENDS), metavar="LIST",
+                   help=f"backends (default: all; missing ones are skipped with a note): {','.join(ALL_BACKENDS)}")
+    p.add_argument("--isa", type=_list(str), default=None, metavar="LIST",
+                   help="run attnkit once per CPU instruction set, e.g. avx2,portable, or 'all' "
+                        "(default: the active one)")
+    p.add_argument("--dtype", type=_list(str, DTYPES), default=["float32"], metavar="LIST",
+                   help="float32 and/or float64 (default: float32)")
+    p.add_argument("--threads", type=_list(int), default=None, metavar="LIST",
+                   help="thread counts, e.g. 1,2 (default: attnkit's current count); applied to attnkit, "
+                        "NumPy's BLAS and torch")
+    p.add_argument("--baseline", default=None, metavar="BACKEND",
+                   help="the backend ratios are taken against (default: torch if present, else numpy)")
+    p.add_argument("--case", action="append", default=None, metavar="TEXT",
+                   help="only cases whose label contains TEXT (repeatable), e.g. --case tiny --case dec-step")
+    p.add_argument("--json", metavar="PATH", help="write JSON lines: a header, then one record per case")
+    p.add_argument("--markdown", metavar="PATH", help="also write the Markdown table to PATH")
+    p.add_argument("--list", action="store_true", help="print the selected cases and exit")
+    p.add_argument("--max-seconds", type=_positive, default=None, metavar="S",
+                   help=f"time budget per case and backend (default {FULL[0]}, --quick {QUICK[0]})")
+    p.add_argument("--warmup-seconds", type=_positive, default=None, metavar="S",
+                   help=f"warm-up per case and backend (default {FULL[1]}, --quick {QUICK[1]})")
+    p.add_argument("--repeats", type=int, default=30, metavar="N", help="at most N timed samples (default 30)")
+    p.add_argument("--peak-size", type=int, default=2048, metavar="N",
+                   help="matrix size of the np.matmul peak measurement (default 2048)")
+    p.add_argument("--rotate-mib", type=float, default=64, metavar="MIB",
+                   help="cycle input copies spanning this many MiB, so timings are not pure cache "
+                        "figures (default 64; 0 disables)")
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--no-progress", action="store_true", help="no progress indicator on stderr")
+
+
+def select_cases(args) -> list:
+    base = quick_cases() if args.quick else full_cases()
+    cases = [c for c in base if c.op in args.ops]
+    if args.case:
+        cases = [c for c in cases if any(t in c.label for t in args.case)]
+    return [c.with_dtype(d) for c in cases for d in args.dtype]
+
+
+def run_bench(args) -> int:
+    if getattr(args, "bench_command", None) == "compare":
+        try:
+            sys.stdout.write(compare(args.a, args.b))
+        except (OSError, ValueError, KeyError) as e:
+            print(f"attnkit bench compare: {e}", file=sys.stderr)
+            return 2
+        return 0
+    cases = select_cases(args)
+    if args.list:
+        for c in cases:
+            print(f"{c.op:5} {c.label:45} {c.dtype}  {c.flops() / 1e6:12,.2f} MFLOP  {c.nbytes() / 2**20:8.2f} MiB")
+        return 0
+    if not cases:
+        print("attnkit bench: no case matches the selection (see --list)", file=sys.stderr)
+        return 2
+    budget, warmup, peak_repeats = QUICK if args.quick else FULL
+    for path in (args.json, args.markdown):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            print(f"attnkit bench: the folder of {path} must exist", file=sys.stderr)
+            return 2
+    result = run(
+        cases,
+        backends=args.backends,
+        isas=args.isa,
+        threads=args.threads,
+        baseline=args.baseline,
+        budget_s=args.max_seconds or budget,
+        warmup_s=args.warmup_seconds or warmup,
+        max_samples=args.repeats,
+        peak_size=args.peak_size,
+        peak_repeats=peak_repeats,
+        rotate_mib=args.rotate_mib,
+        json_path=args.json,
+        markdown_path=args.markdown,
+        progress=not args.no_progress,
+        seed=args.seed,
+        argv=getattr(args, "argv", None),
+    )
+    return 130 if result.interrupted else 0
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Registers `bench` (with its `compare` sub-command) on the top-level CLI."""
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark attnkit against NumPy and PyTorch",
+        description="Times op x backend x dtype x shape and prints a Markdown table: median and IQR "
+                    "per call, GFLOP/s, GB/s, share of this machine's np.matmul peak, and the speed-up "
+                    "over a baseline. `attnkit bench compare A.json B.json` compares two --json runs.",
+    )
+    add_arguments(p)
+    sub = p.add_subparsers(dest="bench_command", metavar="{compare}")
+    c = sub.add_parser("compare", help="compare two JSON-lines files written by --json",
+                       description="Per matching case, both medians and the speed-up of B over A.")
+    c.add_argument("a", metavar="A.json")
+    c.add_argument("b", metavar="B.json")
+    p.set_defaults(func=run_bench)
+    return p

@@ -1,0 +1,230 @@
+"""The run loop: threads x cases x backends, with the peak, progress, JSON lines and Ctrl-C."""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Sequence
+
+import numpy as np
+
+import attnkit
+from attnkit.bench import machine
+from attnkit.bench.backends import ALL_BACKENDS, Backend, make_backends
+from attnkit.bench.cases import Case
+from attnkit.bench.report import JsonLines, markdown
+from attnkit.bench.timing import measure
+
+MAX_COPIES = 16
+
+
+@dataclass
+class RunResult:
+    header: dict
+    peaks: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    baseline: str | None = None
+    interrupted: bool = False
+
+    def markdown(self) -> str:
+        return markdown(self.header, self.peaks, self.records, self.baseline, self.notes, self.interrupted)
+
+
+class Progress:
+    """tqdm on stderr when installed; else a counter (one rewritten line on a terminal, one line
+    per case otherwise)."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        self.total, self.i, self.enabled = total, 0, enabled
+        self.bar, self.width = None, 0
+        self.tty = sys.stderr.isatty()
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, file=sys.stderr, unit="case", leave=False, dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def start(self, desc: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_description_str(desc, refresh=True)
+        elif self.tty:
+            text = f"[{self.i + 1}/{self.total}] {desc}"
+            sys.stderr.write("\r" + text.ljust(self.width))
+            sys.stderr.flush()
+            self.width = len(text)
+        else:
+            sys.stderr.write(f"bench [{self.i + 1}/{self.total}] {desc}\n")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        self.i += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        elif self.enabled and self.tty and self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
+
+
+def copies_for(case: Case, rotate_bytes: int) -> int:
+    """How many input copies to cycle: enough to span `rotate_bytes` (bigger than the last-level
+    cache), at most MAX_COPIES; one for cases that measure hot-cache overhead."""
+    if not case.rotate or rotate_bytes <= 0:
+        return 1
+    return max(1, min(MAX_COPIES, math.ceil(rotate_bytes / max(1, case.input_bytes()))))
+
+
+def choose_baseline(requested: str | None, usable: list[Backend], notes: list[str]) -> str | None:
+    names = [b.name for b in usable]
+    if requested is not None:
+        if requested in names:
+            return requested
+        notes.append(f"baseline {requested!r} is not among the backends that ran ({', '.join(names)})")
+    for name in ("torch", "numpy"):
+        if name in names:
+            return name
+    return names[0] if names else None
+
+
+def run(
+    cases: Sequence[Case],
+    *,
+    backends: Sequence[str] | None = None,
+    isas: Sequence[str] | None = None,
+    threads: Sequence[int] | None = None,
+    baseline: str | None = None,
+    budget_s: float = 1.0,
+    warmup_s: float = 0.1,
+    max_samples: int = 30,
+    peak_size: int = 2048,
+    peak_repeats: int = 5,
+    rotate_mib: float = 64,
+    json_path: str | None = None,
+    markdown_path: str | None = None,
+    progress: bool = True,
+    out: IO[str] | None = None,
+    seed: int = 0,
+    argv: list[str] | None = None,
+) -> RunResult:
+    """Times every case on every available backend at each thread count and returns the records.
+
+    The Markdown table goes to `out` (default: sys.stdout) and `markdown_path`; JSON lines go to
+    `json_path` as they are measured: a header, one "peak" record per thread count and dtype,
+    one "case" record per case x backend x thread count, and a "footer". Ctrl-C stops the run,
+    and what was measured so far is still reported (`RunResult.interrupted`)."""
+    notes: list[str] = []
+    usable: list[Backend] = []
+    described: dict[str, str] = {}
+    for b in make_backends(list(backends or ALL_BACKENDS), list(isas) if isas else None):
+        ok, note = b.available()
+        if ok:
+            usable.append(b)
+            described[b.name] = note
+        else:
+            notes.append(f"{b.name}: skipped, {note}")
+    base = choose_baseline(baseline, usable, notes)
+    usable.sort(key=lambda b: b.name != base)  # baseline first, so each record knows its ratio
+    threads = list(threads or [attnkit.get_num_threads()])
+    dtypes = sorted({c.dtype for c in cases}, key=lambda d: (d != "float32", d))
+
+    blas = machine.BlasThreads()
+    result = RunResult(machine.header(threads, blas, argv), notes=notes, baseline=base)
+    result.header["backends"] = described
+    result.header["baseline"] = base
+    writer = JsonLines(json_path)
+    writer.write(result.header)
+    prog = Progress(len(threads) * len(cases) * len(usable), progress)
+    torch = sys.modules.get("torch")
+    saved = (attnkit.get_num_threads(), torch.get_num_threads() if torch else None)
+    t_start = time.perf_counter()
+    try:
+        for t in threads:
+            machine.set_all_threads(t, blas)
+            for b in usable:
+                b.set_threads(t)
+            peak = {}
+            for dt in dtypes:
+                prog.start(f"peak: np.matmul {peak_size}^3 {dt}, {t} thread(s)")
+                p = machine.measure_peak(dt, peak_size, peak_repeats, seed)
+                p = {"type": "peak", "threads": t, **p}
+                peak[dt] = p["gflops"]
+                result.peaks.append(p)
+                writer.write(p)
+            for case in cases:
+                rng = np.random.default_rng(seed)
+                ncopies = copies_for(case, int(rotate_mib * 2**20))
+                copies = [case.make_inputs(rng) for _ in range(ncopies)]
+                params = case.make_params(rng) if case.op == "mha" else None
+                base_us = None
+                for b in usable:
+                    prog.start(f"{case.op} {case.label} {case.dtype} {t}thr {b.name}")
+                    rec = _measure_one(b, case, copies, params, t, peak[case.dtype], base, base_us,
+                                       budget_s=budget_s, warmup_s=warmup_s, max_samples=max_samples)
+                    if b.name == base and rec["status"] == "ok":
+                        base_us = rec["median_us"]
+                        rec["speedup"] = 1.0
+                    result.records.append(rec)
+                    writer.write(rec)
+                    prog.done()
+                del copies
+    except KeyboardInterrupt:
+        result.interrupted = True
+    finally:
+        prog.close()
+        attnkit.set_num_threads(saved[0])
+        blas.restore()
+        if saved[1] is not None:
+            torch.set_num_threads(saved[1])
+        writer.write({"type": "footer", "interrupted": result.interrupted, "notes": notes,
+                      "busy_cpus_at_end": machine.busy_cpus(),
+                      "elapsed_s": round(time.perf_counter() - t_start, 3)})
+        writer.close()
+    text = result.markdown()
+    out = sys.stdout if out is None else out
+    out.write(text)
+    out.flush()
+    if markdown_path:
+        with open(markdown_path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return result
+
+
+def _measure_one(b: Backend, case: Case, copies, params, threads: int, peak_gflops: float,
+                 base: str | None, base_us: float | None, **timing) -> dict:
+    rec = {"type": "case", "op": case.op, "case": case.label, "name": case.name, "shape": case.shape(),
+           "lengths": case.key_lengths().tolist() if case.lengths else None, "causal": case.causal,
+           "dtype": case.dtype, "threads": threads, "backend": b.name, "device": b.device,
+           "status": "ok", "note": None, "copies": len(copies), "flops": case.flops(), "bytes": case.nbytes(),
+           "median_us": None, "q1_us": None, "q3_us": None, "min_us": None, "max_us": None,
+           "samples": None, "calls_per_sample": None, "gflops": None, "gbps": None,
+           "peak_gflops": peak_gflops, "peak_frac": None, "baseline": base, "speedup": None}
+    reason = b.supports(case)
+    if reason is not None:
+        rec.update(status="skipped", note=reason)
+        return rec
+    try:
+        with b.active():
+            calls = b.prepare(case, copies, params)
+            tm = measure(calls, sync=b.sync, **timing)
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # a backend failing on one case must not end the run
+        rec.update(status="error", note=f"{type(e).__name__}: {e}")
+        return rec
+    sec = tm.median_us * 1e-6
+    rec.update(median_us=tm.median_us, q1_us=tm.q1_us, q3_us=tm.q3_us, min_us=tm.min_us, max_us=tm.max_us,
+               samples=tm.samples, calls_per_sample=tm.calls_per_sample,
+               gflops=case.flops() / sec / 1e9, gbps=case.nbytes() / sec / 1e9)
+    rec["peak_frac"] = rec["gflops"] / peak_gflops if peak_gflops else None
+    if base_us is not None:
+        rec["speedup"] = base_us / tm.median_us
+    return rec
