@@ -1,10 +1,13 @@
 """attnkit: fast, faithful attention kernels for speech recognition.
 
 NumPy arrays in, NumPy arrays out; C++ SIMD kernels (AVX-512, AVX2, portable) chosen at run time.
+``attnkit.espnet`` holds ESPnet's RNN attention family (prepare once, step many; and
+ESPnet-compatible wrappers).
 """
 from attnkit._core import UnsupportedError
 from attnkit.dot_product import scaled_dot_product_attention
 from attnkit.multi_head import multi_head_attention
+from attnkit import espnet
 from attnkit.runtime import _version, get_cpu_isa, get_num_threads, set_cpu_isa, set_num_threads, show_config
 
 
@@ -20,6 +23,7 @@ get_cpu_isa()
 __all__ = [
     "CudaError",
     "UnsupportedError",
+    "espnet",
     "get_cpu_isa",
     "get_num_threads",
     "multi_head_attention",

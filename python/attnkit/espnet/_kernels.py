@@ -1,0 +1,191 @@
+"""Kernel boundary of the ESPnet attention family: the per-step hot loops.
+
+``fused_additive_step`` is the one entry point of the additive family: the fused C++ SIMD kernel
+``attnkit._core.additive_step`` (src/cpp/cpu/additive.cc). ``fused_additive_step_reference``
+below is its definition in NumPy, kept as the kernel's test reference. Everything arrives as
+plain arrays already checked by the classes' front doors. The dot-product classes go through
+``dot_product_step``, which hands the work to the C++ SDPA kernel.
+
+Conventions shared by every function here (index math as tensor indexing):
+
+- an utterance batch of ``B`` entries with ``T`` padded frames, ``lengths[b]`` valid frames;
+- ``N`` step rows, row ``n`` attending utterance ``rows[n]`` (beam search: several rows per
+  utterance). The encoder-side arrays are never copied per row: rows are grouped by utterance and
+  each group reads its utterance's frames once (DESIGN.md principle 8);
+- only the valid frames ``t < lengths[rows[n]]`` of ``P``/``values`` are read, so garbage (even
+  NaN) in padded frames cannot reach the outputs, and ``out_weights[n, t] == 0`` exactly there.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from attnkit import _core
+from attnkit.dot_product import scaled_dot_product_attention
+
+# The C++ kernel, same signature and contract as fused_additive_step_reference.
+fused_additive_step = _core.additive_step
+
+
+def row_groups(rows: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
+    """Splits step rows by utterance: ``[(b, sel)]`` with ``rows[sel] == b``.
+
+    ``sel`` is a slice when the rows of ``b`` are contiguous (sorted rows, e.g. ESPnet's
+    ``row = b * beam + k`` layout), else an index array.
+    """
+    n = rows.shape[0]
+    if n == 1:
+        return [(int(rows[0]), slice(0, 1))]
+    d = np.diff(rows)
+    if np.all(d >= 0):
+        cuts = (np.flatnonzero(d) + 1).tolist()
+        return [(int(rows[s]), slice(s, e)) for s, e in zip([0] + cuts, cuts + [n])]
+    order = np.argsort(rows, kind="stable")
+    srt = rows[order]
+    cuts = (np.flatnonzero(np.diff(srt)) + 1).tolist()
+    return [(int(srt[s]), order[s:e]) for s, e in zip([0] + cuts, cuts + [n])]
+
+
+def location_conv(att_in: np.ndarray, conv_w: np.ndarray, t0: int = 0, t1: int | None = None) -> np.ndarray:
+    """ESPnet's location convolution on output frames ``t0 <= t < t1``: ``f [N, t1-t0, C]``.
+
+    f[n,t,c] = sum_r sum_j conv_w[c,r,j] * att_in[n,r,t+j-F], with K = 2F+1 and att_in taken as 0
+    outside [0, T): a cross-correlation (kernel not flipped), and K may exceed T.
+    att_in ``[N, R, T]``, conv_w ``[C, R, K]``.
+    """
+    n, r, t = att_in.shape
+    k = conv_w.shape[2]
+    f = (k - 1) // 2
+    t1 = t if t1 is None else t1
+    padded = np.zeros((n, r, t + 2 * f), dtype=att_in.dtype)
+    padded[:, :, f : f + t] = att_in
+    win = np.lib.stride_tricks.sliding_window_view(padded, k, axis=2)[:, :, t0:t1]  # [N, R, Tout, K] view
+    # One explicit im2col copy, then one GEMM: tensordot's own gather from the overlapping-window
+    # view measured ~25x slower (12 ms vs 0.5 ms at N=10, T=400, K=201, C=10).
+    cols = np.ascontiguousarray(win.transpose(0, 2, 1, 3)).reshape(n * win.shape[2], r * k)
+    return (cols @ conv_w.reshape(conv_w.shape[0], r * k).T).reshape(n, win.shape[2], conv_w.shape[0])
+
+
+def location_term(att_in, conv_w, conv_proj, loc_bias, t0: int = 0, t1: int | None = None) -> np.ndarray:
+    """g = location_conv(att_in) conv_proj^T + loc_bias on frames [t0, t1): ``[N, t1-t0, A]``."""
+    g = location_conv(att_in, conv_w, t0, t1) @ conv_proj.T
+    if loc_bias is not None:
+        g += loc_bias
+    return g
+
+
+def _softmax_rows(e: np.ndarray, scaling: float) -> np.ndarray:
+    """softmax(scaling * e) over the last axis, in place (torch's max-subtracted form)."""
+    e *= scaling
+    e -= e.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
+
+
+def fused_additive_step_reference(
+    P, values, lengths, rows, q, att_in, conv_w, conv_proj, loc_bias, gvec_w, scaling, out_context, out_weights
+) -> None:
+    """One additive / location-aware attention step for N rows; writes the outputs in place.
+
+    P ``[B, T, A]`` cached encoder projection; values ``[B, T, Ev]`` (encoder output or one head's
+    V; Ev may be 0 when only the weights are wanted); lengths int64 ``[B]``; rows int64 ``[N]``;
+    q ``[N, A]`` query term; att_in ``[N, R, T]``, conv_w ``[C, R, K]`` (K = 2F+1) and conv_proj
+    ``[A, C]``: all three given (the location term) or all None; loc_bias ``[A]`` or None, part of
+    the location term (ignored without it); gvec_w ``[A]``; scaling > 0.
+
+        f[n,t,c] = sum_r sum_j conv_w[c,r,j] * att_in[n,r,t+j-F]        (0 outside [0, T))
+        g[n,t,:] = f[n,t,:] conv_proj^T + loc_bias
+        e[n,t]   = sum_a gvec_w[a] * tanh(P[rows[n],t,a] + q[n,a] + g[n,t,a])
+        w[n,:]   = softmax(scaling * e[n, :L]),  L = lengths[rows[n]];  w[n, L:] = 0
+        out_weights[n] = w[n]            [N, T]
+        out_context[n] = sum_{t<L} w[n,t] * values[rows[n],t]   [N, Ev]
+
+    gvec's bias is a constant shift of e and cancels in the softmax, so it is not an argument.
+    All lengths must be >= 1. Every
+    array is C-contiguous and of one float dtype (the contract of the C++ kernel that replaces
+    this one, ``attnkit._core.additive_step``, which checks it).
+    """
+    g = None
+    if att_in is not None:
+        g = location_term(att_in, conv_w, conv_proj, loc_bias, 0, int(lengths[rows].max()))
+    out_weights[...] = 0
+    for b, sel in row_groups(rows):
+        n_valid = int(lengths[b])
+        x = P[b, None, :n_valid] + q[sel, None, :]  # [n, L, A]: the one per-step temporary
+        if g is not None:
+            x += g[sel, :n_valid]
+        np.tanh(x, out=x)
+        # 2-D GEMV: a 3-D ``x @ gvec_w`` runs as a batched matmul, ~7x slower here.
+        w = _softmax_rows((x.reshape(-1, x.shape[2]) @ gvec_w).reshape(x.shape[:2]), scaling)  # [n, L]
+        out_weights[sel, :n_valid] = w
+        out_context[sel] = w @ values[b, :n_valid]
+
+
+def fused_additive_step_windowed(
+    P, values, lengths, rows, q, att_in, conv_w, conv_proj, gvec_w, scaling, bounds, out_context, out_weights
+) -> None:
+    """``fused_additive_step`` with each row's softmax restricted to frames ``[lo_n, hi_n)``.
+
+    ESPnet's attention window (Deep Voice 3 constraint, B = 1 there) sets the energies outside the
+    window to -inf before the softmax. That equals running the fused kernel on the window's frames
+    alone, with the location term (whose convolution still reads the whole att_in) folded into P.
+    bounds ``[N, 2]`` int64, already clipped to ``0 <= lo < hi <= lengths[rows[n]]`` by the caller.
+    """
+    out_weights[...] = 0
+    one, zero = np.ones(1, np.int64), np.zeros(1, np.int64)
+    for n in range(rows.shape[0]):
+        b, (lo, hi) = int(rows[n]), (int(x) for x in bounds[n])
+        p_win = P[b : b + 1, lo:hi] + location_term(att_in[n : n + 1], conv_w, conv_proj, None, lo, hi)
+        fused_additive_step(
+            p_win, values[b : b + 1, lo:hi], one * (hi - lo), zero, q[n : n + 1], None, None, None, None,
+            gvec_w, scaling, out_context[n : n + 1], out_weights[n : n + 1, lo:hi],
+        )
+
+
+def weighted_sum(w: np.ndarray, values: np.ndarray, lengths: np.ndarray, rows: np.ndarray,
+                 valid_only: bool) -> np.ndarray:
+    """out[n] = sum_t w[n,t] values[rows[n],t] -> ``[N, Ev]``, over t < lengths[rows[n]] when
+    ``valid_only``, else over all T frames (ESPnet's Forward family, whose weights leak into the
+    padding). w ``[N, T]``, values ``[B, T, Ev]``."""
+    out = np.empty((w.shape[0], values.shape[2]), dtype=values.dtype)
+    for b, sel in row_groups(rows):
+        end = int(lengths[b]) if valid_only else values.shape[1]
+        out[sel] = w[sel, :end] @ values[b, :end]
+    return out
+
+
+def dot_product_step(K, values, lengths, rows, q, scaling, out_context, out_weights) -> None:
+    """softmax(scaling * <K[rows[n], t], q[n]>) over the valid frames, and the weighted values.
+
+    Single head: K ``[B, T, A]``, values ``[B, T, Ev]``, q ``[N, A]``, out_context ``[N, Ev]``,
+    out_weights ``[N, T]``. Multi-head: K ``[B, H, T, A]``, values ``[B, H, T, Ev]``, q
+    ``[N, H, A]``, out_context ``[N, H, Ev]``, out_weights ``[N, H, T]``.
+
+    Runs on attnkit's C++ SDPA kernel with ``key_lengths``: the rows of one utterance become that
+    utterance's queries, so its K and V are read once for all of them. When every utterance has the
+    same number of contiguous rows (the default ``rows = arange(B)``, or ESPnet's beam layout
+    ``b * beam + k``), that is a single call; otherwise one call per utterance.
+    """
+    heads = K.ndim == 4
+    B, N = K.shape[0], rows.shape[0]
+    if N % B == 0 and np.array_equal(rows, np.repeat(np.arange(B), N // B)):
+        g = N // B
+        # [N, (H,) A] -> [B, G, (H,) A] -> queries of utterance b: [B, (H,) G, A]
+        qb = q.reshape(B, g, *q.shape[1:])
+        qb = qb.transpose(0, 2, 1, 3) if heads else qb
+        ctx, w = scaled_dot_product_attention(qb, K, values, key_lengths=lengths, scale=scaling,
+                                              return_weights=True)
+        if heads:
+            ctx, w = ctx.transpose(0, 2, 1, 3), w.transpose(0, 2, 1, 3)
+        out_context[...] = ctx.reshape(out_context.shape)
+        out_weights[...] = w.reshape(out_weights.shape)
+        return
+    for b, sel in row_groups(rows):
+        qb = q[sel][None]
+        qb = qb.transpose(0, 2, 1, 3) if heads else qb
+        ctx, w = scaled_dot_product_attention(qb, K[b : b + 1], values[b : b + 1], key_lengths=lengths[b : b + 1],
+                                              scale=scaling, return_weights=True)
+        if heads:
+            ctx, w = ctx.transpose(0, 2, 1, 3), w.transpose(0, 2, 1, 3)
+        out_context[sel] = ctx[0]
+        out_weights[sel] = w[0]

@@ -1,0 +1,80 @@
+"""The fused C++ additive-attention step against its NumPy definition, on every ISA."""
+import numpy as np
+import pytest
+
+from attnkit import _core
+from attnkit.espnet._kernels import fused_additive_step_reference as numpy_step
+from conftest import assert_close
+
+
+def case(rng, dtype, B, T, A, Ev, N, C, R, K, lengths, with_bias):
+    P = rng.standard_normal((B, T, A)).astype(dtype)
+    values = rng.standard_normal((B, T, Ev)).astype(dtype)
+    lengths = np.asarray(lengths, np.int64)
+    rows = rng.integers(0, B, N).astype(np.int64)
+    q = rng.standard_normal((N, A)).astype(dtype)
+    loc = {}
+    if C:
+        att_in = rng.random((N, R, T)).astype(dtype)
+        loc = dict(att_in=att_in, conv_w=rng.standard_normal((C, R, K)).astype(dtype),
+                   conv_proj=(rng.standard_normal((A, C)) / np.sqrt(C)).astype(dtype),
+                   loc_bias=rng.standard_normal(A).astype(dtype) if with_bias else None)
+    else:
+        loc = dict(att_in=None, conv_w=None, conv_proj=None, loc_bias=None)
+    return dict(P=P, values=values, lengths=lengths, rows=rows, q=q, **loc,
+                gvec_w=rng.standard_normal(A).astype(dtype), scaling=2.0)
+
+
+def run_both(args, dtype):
+    N, T, Ev = args["q"].shape[0], args["P"].shape[1], args["values"].shape[2]
+    outs = []
+    for fn in (numpy_step, _core.additive_step):
+        ctx, w = np.full((N, Ev), np.nan, dtype), np.full((N, T), np.nan, dtype)
+        fn(**{k: v for k, v in args.items()}, out_context=ctx, out_weights=w)
+        outs.append((ctx, w))
+    return outs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "B,T,A,Ev,N,C,R,K,lengths",
+    [
+        (1, 1, 1, 1, 1, 0, 0, 0, [1]),           # AttAdd at its smallest
+        (3, 9, 6, 7, 5, 3, 1, 9, [5, 9, 3]),     # AttLoc, kernel 9 > some lengths
+        (2, 37, 33, 17, 10, 10, 1, 201, [37, 20]),  # recipe-like conv (F=100) wider than T
+        (2, 50, 320, 320, 10, 10, 1, 201, [50, 31]),  # recipe sizes
+        (2, 12, 8, 5, 4, 1, 1, 1, [12, 7]),      # AttCov: C = R = K = 1
+        (2, 11, 9, 4, 6, 4, 3, 5, [11, 6]),      # AttLoc2D: window of 3 rows
+        (4, 17, 16, 0, 8, 2, 1, 3, [17, 16, 1, 9]),  # Ev = 0: weights only (Forward family)
+    ],
+)
+def test_kernel_matches_numpy_definition(isa, rng, dtype, B, T, A, Ev, N, C, R, K, lengths):
+    for with_bias in (False, True):
+        args = case(rng, dtype, B, T, A, Ev, N, C, R, K, lengths, with_bias)
+        (ctx_ref, w_ref), (ctx, w) = run_both(args, dtype)
+        ref_dtype = np.float32 if dtype == np.float32 else np.float64
+        assert_close(w, w_ref.astype(np.float64), ref_dtype, f"weights isa={isa}")
+        assert_close(ctx, ctx_ref.astype(np.float64), ref_dtype, f"context isa={isa}")
+        L = args["lengths"][args["rows"]]
+        assert all(np.all(w[n, L[n]:] == 0) for n in range(len(L)))
+
+
+def test_kernel_errors_name_the_argument(rng):
+    args = case(rng, np.float32, 2, 5, 4, 3, 3, 2, 1, 3, [5, 4], False)
+    ctx, w = np.empty((3, 3), np.float32), np.empty((3, 5), np.float32)
+    bad = dict(args, lengths=np.array([5, 0]))
+    with pytest.raises(ValueError, match=r"lengths must lie in \[1, T=5\], got lengths\[1\]=0"):
+        _core.additive_step(**bad, out_context=ctx, out_weights=w)
+    bad = dict(args, rows=np.array([0, 2, 1]))
+    with pytest.raises(ValueError, match=r"rows must lie in \[0, B=2\), got rows\[1\]=2"):
+        _core.additive_step(**bad, out_context=ctx, out_weights=w)
+    bad = dict(args, q=args["q"][:, :3].copy())
+    with pytest.raises(ValueError, match=r"q must have shape \(3, 4\), got \(3, 3\)"):
+        _core.additive_step(**bad, out_context=ctx, out_weights=w)
+    bad = dict(args, q=args["q"].astype(np.float64))
+    with pytest.raises(TypeError, match="q has dtype float64"):
+        _core.additive_step(**bad, out_context=ctx, out_weights=w)
+    with pytest.raises(ValueError, match="scaling must be a finite number > 0"):
+        _core.additive_step(**dict(args, scaling=0.0), out_context=ctx, out_weights=w)
+    with pytest.raises(ValueError, match="must be C-contiguous"):
+        _core.additive_step(**dict(args, P=np.asfortranarray(args["P"])), out_context=ctx, out_weights=w)
