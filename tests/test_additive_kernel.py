@@ -78,3 +78,14 @@ def test_kernel_errors_name_the_argument(rng):
         _core.additive_step(**dict(args, scaling=0.0), out_context=ctx, out_weights=w)
     with pytest.raises(ValueError, match="must be C-contiguous"):
         _core.additive_step(**dict(args, P=np.asfortranarray(args["P"])), out_context=ctx, out_weights=w)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N,K,A", [(1, 1, 1), (3, 7, 5), (10, 320, 320), (41, 33, 130)])
+def test_step_linear_matches_numpy(isa, rng, dtype, N, K, A):
+    from attnkit.espnet._kernels import linear
+
+    x, w, b = rng.standard_normal((N, K)), rng.standard_normal((A, K)), rng.standard_normal(A)
+    ref = x @ w.T
+    assert_close(linear(x.astype(dtype), w.astype(dtype)), ref, dtype, "linear")
+    assert_close(linear(x.astype(dtype), w.astype(dtype), b.astype(dtype)), ref + b, dtype, "linear + bias")

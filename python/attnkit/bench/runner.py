@@ -198,6 +198,9 @@ def run(
     return result
 
 
+IDLE_GAP_S = 0.25
+
+
 def _measure_one(b: Backend, case: Case, copies, params, threads: int, peak_gflops: float,
                  base: str | None, base_us: float | None, **timing) -> dict:
     rec = {"type": "case", "op": case.op, "case": case.label, "name": case.name, "shape": case.shape(),
@@ -214,6 +217,9 @@ def _measure_one(b: Backend, case: Case, copies, params, threads: int, peak_gflo
     try:
         with b.active():
             calls = b.prepare(case, copies, params)
+            # Let the previous backend's worker threads (OpenMP, OpenBLAS, attnkit) finish spinning
+            # and go to sleep: on 2 cores a spinning neighbour cost the next backend up to 15%.
+            time.sleep(IDLE_GAP_S)
             tm = measure(calls, sync=b.sync, **timing)
     except KeyboardInterrupt:
         raise

@@ -17,7 +17,7 @@ import numpy as np
 
 from attnkit._arrays import describe, host_float_array, lengths_array, positive_scalar
 from attnkit._core import UnsupportedError
-from attnkit.espnet._kernels import fused_additive_step, fused_additive_step_windowed
+from attnkit.espnet._kernels import fused_additive_step, fused_additive_step_windowed, linear
 
 #: Prefixes under which ESPnet checkpoints store the (first) attention module: espnet1 ``Decoder``
 #: (``att.0.``), espnet1 ``E2E`` (``dec.att.0.``, the same tensors registered a second time) and
@@ -404,7 +404,7 @@ class EncoderProjection(EspnetAttention):
 
     def _query(self, dec_z: np.ndarray) -> np.ndarray:
         """q = dec_z W_dec^T ``[N, A]`` (mlp_dec has no bias, except in AttDot)."""
-        return dec_z @ self._p("mlp_dec.weight").T
+        return linear(dec_z, self._p("mlp_dec.weight"))
 
     def _loc_conv(self) -> np.ndarray:
         """loc_conv.weight ``[C, 1, R, K]`` as the kernel's ``[C, R, K]``."""

@@ -26,6 +26,18 @@ from attnkit.dot_product import scaled_dot_product_attention
 fused_additive_step = _core.additive_step
 
 
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """x ``[N, K]`` weight^T + bias, ``[N, A]`` for weight ``[A, K]``, on attnkit's own threads.
+
+    A step's projections go through this rather than ``@``: NumPy's BLAS keeps its threads
+    spinning after each call, and beside attnkit's pool on 2 cores that made a 2-thread AttLoc
+    step (N=10, T=200) slower than a 1-thread one (1255 vs 999 us; 587 us with this)."""
+    x = np.ascontiguousarray(x, dtype=weight.dtype)
+    out = np.empty((x.shape[0], weight.shape[0]), dtype=weight.dtype)
+    _core.linear(x, weight, bias, out)
+    return out
+
+
 def row_groups(rows: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
     """Splits step rows by utterance: ``[(b, sel)]`` with ``rows[sel] == b``.
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from attnkit.espnet._base import AttentionOutput, EspnetAttention, Prepared, check_array, peak_of
-from attnkit.espnet._kernels import dot_product_step, fused_additive_step
+from attnkit.espnet._kernels import dot_product_step, fused_additive_step, linear
 
 
 class MultiHead(EspnetAttention):
@@ -87,7 +87,7 @@ class MultiHead(EspnetAttention):
         s = 1.0 / math.sqrt(self.att_dim_k) if scaling is None else self._scaling(op, scaling)
         n, H, T = rows.shape[0], self.aheads, prepared.frames
         st = self._stacked()
-        q = (dec_z @ st["q"].T + st["qb"]).reshape(n, H, self.att_dim_k)
+        q = linear(dec_z, st["q"], st["qb"]).reshape(n, H, self.att_dim_k)
         if self._energy == "dot":
             ctx = np.empty((n, H, self.att_dim_v), self._dtype)
             w = np.empty((n, H, T), self._dtype)
@@ -109,7 +109,7 @@ class MultiHead(EspnetAttention):
                                     None if a is None else a[h], conv[0], conv[1], None,
                                     self._p(f"gvec.{h}.weight")[0], s, ctx[h], w[h])
             ctx, w = ctx.transpose(1, 0, 2), np.ascontiguousarray(w.transpose(1, 0, 2))
-        context = ctx.reshape(n, H * self.att_dim_v) @ self._p("mlp_o.weight").T
+        context = linear(ctx.reshape(n, H * self.att_dim_v), self._p("mlp_o.weight"))
         return AttentionOutput(context, w, w, peak_of(w))
 
     def _repr_dims(self):

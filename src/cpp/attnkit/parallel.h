@@ -4,6 +4,7 @@
 // another caller and the parts run inline, one after the other).
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 namespace attnkit {
 
@@ -19,12 +20,13 @@ void parallel_for_raw(int64_t n, PartFn fn, void* ctx);
 // fn(part, begin, end) runs once per part; part < parallel_parts(n). fn must not throw.
 template <class F>
 void parallel_for(int64_t n, F&& fn) {
+  using Fn = std::remove_reference_t<F>;
   parallel_for_raw(
       n,
       [](void* ctx, int64_t part, int64_t begin, int64_t end) {
-        (*static_cast<F*>(ctx))(part, begin, end);
+        (*static_cast<Fn*>(ctx))(part, begin, end);
       },
-      &fn);
+      const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
 }  // namespace attnkit

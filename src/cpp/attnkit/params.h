@@ -68,3 +68,18 @@ struct AdditiveStepParams {
 };
 
 }  // namespace attnkit
+
+namespace attnkit {
+
+// y[n,a] = sum_k x[n,k] w[a,k] (+ bias[a]): a Linear layer for the few rows of a decoder step,
+// where calling NumPy's BLAS would wake its own thread pool beside attnkit's.
+struct LinearParams {
+  DType dtype = DType::f32;
+  int64_t N = 0, K = 0, A = 0;
+  const void* x = nullptr;     // [N][K] contiguous
+  const void* w = nullptr;     // [A][K] contiguous (torch's Linear.weight layout)
+  const void* bias = nullptr;  // [A] or null
+  void* y = nullptr;           // [N][A] contiguous
+};
+
+}  // namespace attnkit

@@ -7,4 +7,5 @@ NB_MODULE(_core, m) {
   register_runtime(m);
   register_dot_product(m);
   register_additive(m);
+  register_linear(m);
 }

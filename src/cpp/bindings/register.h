@@ -6,4 +6,5 @@ void register_errors(nanobind::module_& m);
 void register_runtime(nanobind::module_& m);
 void register_dot_product(nanobind::module_& m);
 void register_additive(nanobind::module_& m);
+void register_linear(nanobind::module_& m);
 }  // namespace attnkit::bindings

@@ -23,7 +23,8 @@ void set_active_isa(const std::string& name);  // throws ValueError / Unsupporte
 
 #define ATTNKIT_DECLARE_CPU_KERNELS                                                         \
   void sdpa_forward(const ::attnkit::SdpaParams& p);                                      \
-  void additive_step(const ::attnkit::AdditiveStepParams& p);
+  void additive_step(const ::attnkit::AdditiveStepParams& p);                             \
+  void linear(const ::attnkit::LinearParams& p);
 
 namespace portable { ATTNKIT_DECLARE_CPU_KERNELS }
 #ifdef ATTNKIT_HAVE_AVX2

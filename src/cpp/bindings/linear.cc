@@ -1,0 +1,60 @@
+// Binding of the step-sized Linear layer: x [N, K], weight [A, K], bias [A] or None, out [N, A],
+// all C-contiguous and of one float dtype.
+#include <memory>
+#include <string>
+
+#include "bindings/host_array.h"
+#include "bindings/register.h"
+#include "ops/linear.h"
+
+namespace attnkit::bindings {
+
+namespace {
+
+constexpr const char* kOp = "linear";
+
+void check(const HostArray& a, const char* name, Kind kind, int ndim, const int64_t* shape) {
+  bool ok = a.ndim() == ndim && a.kind() == kind;
+  for (int i = 0; ok && i < ndim; ++i) ok = a.shape(i) == shape[i];
+  int64_t expect = 1;
+  for (int i = ndim - 1; ok && i >= 0; --i) {
+    ok = a.shape(i) == 1 || a.stride(i) == expect;
+    expect *= a.shape(i);
+  }
+  if (!ok)
+    throw ValueError(std::string(kOp) + ": " + name + " must be a C-contiguous array of the step's dtype and shape (" +
+                     std::to_string(shape[0]) + (ndim == 2 ? ", " + std::to_string(shape[1]) : std::string(",")) +
+                     "), got " + a.dtype_name() + " " + a.shape_str());
+}
+
+void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out_obj) {
+  HostArray x(x_obj, kOp, "x"), w(w_obj, kOp, "weight"), out(out_obj, kOp, "out");
+  if ((x.kind() != Kind::f32 && x.kind() != Kind::f64) || x.ndim() != 2 || w.ndim() != 2)
+    throw TypeError(std::string(kOp) + ": x and weight must be 2-D float32 or float64 arrays");
+  LinearParams p;
+  p.dtype = x.kind() == Kind::f32 ? DType::f32 : DType::f64;
+  p.N = x.shape(0), p.K = x.shape(1), p.A = w.shape(0);
+  const int64_t xs[2] = {p.N, p.K}, ws[2] = {p.A, p.K}, os[2] = {p.N, p.A}, bs[1] = {p.A};
+  check(x, "x", x.kind(), 2, xs);
+  check(w, "weight", x.kind(), 2, ws);
+  check(out, "out", x.kind(), 2, os);
+  if (out.readonly()) throw ValueError(std::string(kOp) + ": out must be writeable");
+  std::unique_ptr<HostArray> b;
+  if (!b_obj.is_none()) {
+    b = std::make_unique<HostArray>(b_obj, kOp, "bias");
+    check(*b, "bias", x.kind(), 1, bs);
+    p.bias = b->data();
+  }
+  p.x = x.data(), p.w = w.data(), p.y = out.data();
+  nb::gil_scoped_release release;
+  linear_cpu(p);
+}
+
+}  // namespace
+
+void register_linear(nb::module_& m) {
+  m.def("linear", &linear, nb::arg("x"), nb::arg("weight"), nb::arg("bias").none(), nb::arg("out"),
+        "Private: y = x weight^T + bias for the few rows of a decoder step.");
+}
+
+}  // namespace attnkit::bindings
