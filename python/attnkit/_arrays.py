@@ -55,13 +55,6 @@ def host_float_array(op: str, name: str, x, ndims: tuple[int, ...]) -> np.ndarra
     return x
 
 
-def last_axis_contiguous(x: np.ndarray) -> np.ndarray:
-    """Kernels need unit stride on the last axis only; other strides (views, heads) are used as is."""
-    if x.shape[-1] == 1 or x.strides[-1] == x.itemsize:
-        return x
-    return np.ascontiguousarray(x)
-
-
 def positive_scalar(op: str, name: str, value) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"{op}: {name} must be a real number, got {describe(value)}")

@@ -1,11 +1,13 @@
 // Runtime facts and settings: version, ISAs, threads, CUDA; and the error types.
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
 #include <string>
 #include <vector>
 
 #include "attnkit/cuda.h"
 #include "attnkit/errors.h"
 #include "attnkit/parallel.h"
-#include "bindings/common.h"
 #include "bindings/register.h"
 #include "cpu/isa.h"
 
