@@ -310,11 +310,12 @@ struct SdpaKernel {
     ScratchLayout lay;
     std::size_t off[7];
     const std::size_t bytes = tiled_layout(lay, off);
-    const int64_t parts = parallel_parts(tasks);
-    // Causal rows grow in cost along the sequence: deal the tasks out round-robin so each part
-    // gets early and late blocks. Otherwise contiguous ranges keep one (b,h) per part packed.
-    const bool interleave = p.causal;
-    parallel_for(tasks, [&](int64_t part, int64_t begin, int64_t end) {
+    // Tasks are handed out one at a time from a shared counter: causal blocks grow in cost along
+    // the sequence, and on a shared machine one core may be slowed; a static split would make
+    // the whole call wait for the slowest part. Consecutive tasks of a part still mostly share
+    // one (b,h), so K stays packed. Results do not depend on which thread runs a task.
+    std::atomic<int64_t> next{0};
+    parallel_for(parallel_parts(tasks), [&](int64_t, int64_t, int64_t) {
       void* base = thread_scratch(bytes);
       if (!base) {
         out_of_memory.store(true);
@@ -322,14 +323,9 @@ struct SdpaKernel {
       }
       TiledScratch sc{at<T>(base, off[0]), at<T>(base, off[1]), at<T>(base, off[2]), at<T>(base, off[3]),
                       at<T>(base, off[4]), at<T>(base, off[5]), at<T>(base, off[6])};
-      auto run_task = [&](int64_t t) {
+      for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < tasks;) {
         const int64_t qb = t % nqb, bh = t / nqb;
         tiled_block(sc, bh / p.H, bh % p.H, qb * kBlockQ);
-      };
-      if (interleave) {
-        for (int64_t t = part; t < tasks; t += parts) run_task(t);
-      } else {
-        for (int64_t t = begin; t < end; ++t) run_task(t);
       }
     });
   }
