@@ -14,12 +14,14 @@ import argparse
 import datetime
 import os
 import sys
+import time
 
 import numpy as np
 
 import attnkit
 from attnkit.bench.machine import BlasThreads, header, set_all_threads
 from attnkit.bench.report import JsonLines
+from attnkit.bench.runner import IDLE_GAP_S
 from attnkit.bench.timing import measure
 
 E = A = DZ = 320
@@ -156,7 +158,10 @@ def main(argv=None) -> int:
             for T in (200, 1000):
                 for n_rows in (1, 10, 40):
                     step, (p, pre, enc_rows, valid, dec_z, a_prev) = setup(name, n_rows, T, rng)
+                    # Idle first, so the previous backend's spinning workers (OpenMP, OpenBLAS) are asleep.
+                    time.sleep(IDLE_GAP_S)
                     t_ak = measure([step], budget_s=args.max_seconds)
+                    time.sleep(IDLE_GAP_S)
                     t_np = measure([lambda: numpy_step(name, p, pre, enc_rows, valid, dec_z, a_prev)],
                                    budget_s=args.max_seconds)
                     t_th = None
@@ -171,6 +176,7 @@ def main(argv=None) -> int:
                             with torch.inference_mode():
                                 return torch_step(torch, name, tp, *targs)
 
+                        time.sleep(IDLE_GAP_S)
                         t_th = measure([eager], budget_s=args.max_seconds)
                     rec = {"type": "case", "class": name, "N": n_rows, "T": T, "threads": th,
                            "attnkit_us": t_ak.median_us, "attnkit_iqr_us": t_ak.iqr_us,

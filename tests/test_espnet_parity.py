@@ -11,6 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 att_mod = pytest.importorskip("espnet.nets.pytorch_backend.rnn.attentions")
 
+from torch_convert import to_np, to_t  # noqa: E402
+
 from attnkit.espnet import compat  # noqa: E402
 
 torch.set_num_threads(1)
@@ -51,22 +53,6 @@ def pair(cls, dtype, han_mode=False, seed=0):
     ours = getattr(compat, cls)(*args(cls), *han, dtype=dtype)
     ours.load_state_dict({"dec.att.0." + k: v for k, v in esp.state_dict().items()})
     return esp, ours
-
-
-def to_np(x):
-    if isinstance(x, torch.Tensor):
-        return x.detach().numpy().copy()
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_np(v) for v in x)
-    return x
-
-
-def to_t(x):
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x.copy())
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_t(v) for v in x)
-    return x
 
 
 def close(got, want, tol, what):

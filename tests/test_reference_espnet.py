@@ -21,6 +21,8 @@ import pytest
 torch = pytest.importorskip("torch")
 att_mod = pytest.importorskip("espnet.nets.pytorch_backend.rnn.attentions")
 
+from torch_convert import to_np, to_t  # noqa: E402
+
 try:
     from tests import reference_espnet as ref  # noqa: E402
 except ImportError:  # tests/ is not a package: import from this file's folder
@@ -61,22 +63,6 @@ def build(cls, E, Dz, A, C, F, H, W, O, Av):
     if cls == "AttForwardTA":
         return K(E, Dz, A, C, F, O)
     raise KeyError(cls)
-
-
-def to_np(x):
-    if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy().copy()
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_np(v) for v in x)
-    return x
-
-
-def to_t(x):
-    if isinstance(x, np.ndarray):
-        return torch.from_numpy(x.copy())
-    if isinstance(x, (list, tuple)):
-        return type(x)(to_t(v) for v in x)
-    return x
 
 
 def assert_close(a, b, tol, what):
