@@ -746,3 +746,18 @@ def make_params(cls_name: str, rng: np.random.Generator, eprojs: int, dunits: in
     else:
         raise KeyError(f"unknown ESPnet attention class {cls_name!r}")
     return p
+
+
+def weights_from_state(cls_name, state):
+    """This step's attention weights out of a class's returned state (spec 1.1 state kinds):
+    ``[B, T]``, or ``[B, H, T]`` for the multi-head classes."""
+    kind = STATE_KIND[cls_name]
+    if kind == "window_bwt":
+        return state[:, -1]
+    if kind == "coverage_list":
+        return state[-1]
+    if kind == "w_hc":
+        return state[0]
+    if kind == "heads_list":
+        return np.stack(state, axis=1)
+    return state

@@ -90,19 +90,6 @@ def ref_step(cls, params, enc, lengths, dec_z, state, extra, **kw):
     return c, s, None
 
 
-def ref_weights(cls, state):
-    kind = ref.STATE_KIND[cls]
-    if kind == "window_bwt":
-        return state[:, -1]
-    if kind == "coverage_list":
-        return state[-1]
-    if kind == "w_hc":
-        return state[0]
-    if kind == "heads_list":
-        return np.stack(state, axis=1)
-    return state
-
-
 def close(got, want, tol, what):
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     assert got.shape == want.shape, f"{what}: shape {got.shape} vs {want.shape}"
@@ -167,7 +154,7 @@ def run_vs_reference(cls, *, dtype=np.float64, lengths=(5, 9, 3), steps=4, scali
         what = f"{cls} {np.dtype(dtype).name} step {i}"
         assert out.context.dtype == dtype and out.weights.dtype == dtype, what
         close(out.context, c_r, tol, what + " context")
-        w_r = ref_weights(cls, rst) if cls != "NoAtt" else ref.uniform_init(lens_ref, T)
+        w_r = ref.weights_from_state(cls, rst) if cls != "NoAtt" else ref.uniform_init(lens_ref, T)
         close(out.weights, w_r, tol, what + " weights")
         check_state(cls, st, rst, u, tol, what + " state")
         assert out.peak.dtype == np.int64 and out.peak.shape == (N,)

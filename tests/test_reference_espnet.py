@@ -122,17 +122,6 @@ def ref_call(cls, params, enc, lens, dec_z, att_prev, kw, out_prev=None, trans=N
     return f(params, enc, lens, dec_z, att_prev, **kw)
 
 
-def weights_of(cls, state):
-    kind = ref.STATE_KIND[cls]
-    if kind == "window_bwt":
-        return state[:, -1]
-    if kind == "coverage_list":
-        return state[-1]
-    if kind == "w_hc":
-        return state[0]
-    return state
-
-
 def run_compare(cls, *, dtype=np.float64, lengths=(5, 9, 3), E=7, Dz=5, A=6, C=3, F=4,
                 H=3, W=3, O=4, Av=None, steps=4, scaling=None, explicit_init=None,
                 zero_first_dec=True, windows=None, bw=1, fw=3, seed=0, mod=None):
@@ -175,7 +164,7 @@ def run_compare(cls, *, dtype=np.float64, lengths=(5, 9, 3), E=7, Dz=5, A=6, C=3
             assert c_r.dtype == dtype, what
             assert_close(c_r, to_np(c_e), tol, what + " context")
             assert_close(st_r, to_np(st_e), tol, what + " state")
-            w = np.stack(weights_of(cls, st_r)) if cls in MULTI else weights_of(cls, st_r)
+            w = ref.weights_from_state(cls, st_r)
             assert np.all(np.isfinite(w)), what
             if cls == "AttForwardTA":
                 assert_close(u, to_np(mod.trans_agent_prob), tol, what + " trans_agent_prob")

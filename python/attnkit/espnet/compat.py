@@ -108,6 +108,16 @@ class EspnetModule:
                              f"got shape {z.shape}")
         return z.reshape(batch, self.core.dunits)
 
+    def _windowed_step(self, enc_hs_pad, enc_hs_len, dec_z, att_prev, scaling, last_attended_idx,
+                       backward_window, forward_window):
+        """(context, weights) of a class whose state is its weights [B, T] and which takes
+        ESPnet's attention window (AttLoc, AttForward)."""
+        p = self._prepare(enc_hs_pad, enc_hs_len)
+        out = self.core.step(p, self._dec_z(dec_z, p.batch), self._bt("att_prev", att_prev, p), scaling=scaling,
+                             last_attended_idx=last_attended_idx, backward_window=backward_window,
+                             forward_window=forward_window)
+        return out.context, out.weights
+
     def _bt(self, name: str, x, prepared: Prepared):
         """A (B, T) tensor state; ESPnet views it as (B, 1, 1, T)."""
         if x is None:
@@ -172,11 +182,8 @@ class AttLoc(EspnetModule):
 
     def __call__(self, enc_hs_pad, enc_hs_len, dec_z, att_prev, scaling=2.0, last_attended_idx=None,
                  backward_window=1, forward_window=3):
-        p = self._prepare(enc_hs_pad, enc_hs_len)
-        out = self.core.step(p, self._dec_z(dec_z, p.batch), self._bt("att_prev", att_prev, p), scaling=scaling,
-                             last_attended_idx=last_attended_idx, backward_window=backward_window,
-                             forward_window=forward_window)
-        return out.context, out.weights
+        return self._windowed_step(enc_hs_pad, enc_hs_len, dec_z, att_prev, scaling, last_attended_idx,
+                                   backward_window, forward_window)
 
     forward = __call__
 
@@ -343,11 +350,8 @@ class AttForward(EspnetModule):
 
     def __call__(self, enc_hs_pad, enc_hs_len, dec_z, att_prev, scaling=1.0, last_attended_idx=None,
                  backward_window=1, forward_window=3):
-        p = self._prepare(enc_hs_pad, enc_hs_len)
-        out = self.core.step(p, self._dec_z(dec_z, p.batch), self._bt("att_prev", att_prev, p), scaling=scaling,
-                             last_attended_idx=last_attended_idx, backward_window=backward_window,
-                             forward_window=forward_window)
-        return out.context, out.weights
+        return self._windowed_step(enc_hs_pad, enc_hs_len, dec_z, att_prev, scaling, last_attended_idx,
+                                   backward_window, forward_window)
 
     forward = __call__
 
