@@ -1,11 +1,14 @@
 // Fused ESPnet additive / location-aware attention step (AdditiveStepParams in params.h),
 // compiled once per ISA. Per task (a slice of rows of one utterance):
-//   1. location features f[row][c][t] for the valid frames, vectorised over t (C accumulators
-//      share each load of the zero-padded previous weights);
-//   2. energies frame-block by frame-block, the rows of the slice inner, so each block of the
-//      utterance's projection P (8 frames x A) is read from memory once for the whole beam;
-//      e = gvec . tanh(P + q + f proj^T + bias), vectorised over A;
-//   3. masked softmax with the scaling, and the context as one pass over the values.
+//   1. location features f[row][c][t] for the valid frames (conv with 2 frame vectors x 5
+//      channels of accumulators, so each load of the padded weights feeds 5 FMAs);
+//   2. energies block by block of 8 frames, the rows of the slice inner, so each block of the
+//      utterance's projection P (8 frames x A) is read from memory once for the whole beam:
+//      the pre-activations X = P + q + bias + f proj^T of the block go to an L1-resident
+//      scratch through a register-tiled product (4 frames x 2 vectors of A), then
+//      e = gvec . tanh(X) in one streaming pass;
+//   3. masked softmax with the scaling, and the context of up to 4 rows at once, so each
+//      vector of the values feeds 4 rows.
 // Nothing of size [N, T, A] is materialised.
 #include <algorithm>
 #include <atomic>
@@ -25,16 +28,25 @@ namespace {
 
 constexpr int64_t kMaxRowsPerTask = 8;  // beam rows sharing each P block
 constexpr int64_t kFrameBlock = 8;      // frames per P block (8 x 320 floats = 10 KiB)
+constexpr int kTileFrames = 4;          // pre-activation register tile: 4 frames ...
+constexpr int kTileVecs2 = 2;           // ... x 2 vectors of A (8 accumulators)
+constexpr int kConvChans = 5;           // conv register tile: 5 channels ...
+constexpr int kConvVecs = 2;            // ... x 2 vectors of frames (10 accumulators)
+constexpr int kCtxRows = 4;             // context register tile: 4 rows ...
+constexpr int kCtxVecs = 2;             // ... x 2 vectors of E
 constexpr double kLog2e = 1.4426950408889634;
 
-// tanh(x) = 1 - 2 / (e^(2x) + 1), with x clamped where tanh is 1 to working precision (|x| = 9
-// in float32, 19.5 in float64) and e^(2x) from exp2_core, which skips exp2v's -inf and NaN
-// handling that energies never need. Absolute error about 1 ulp of 1.
-template <typename T> inline Vec<T> tanhv(Vec<T> x) {
-  const T lim = sizeof(T) == 8 ? T(19.5) : T(9);
-  x = x < -lim ? splat<T>(-lim) : x;
-  x = x > lim ? splat<T>(lim) : x;
-  return T(1) - T(2) / (exp2_core<T>(x * T(2 * kLog2e)) + T(1));
+// gvec . tanh(x) summed over A, written as sum(g) - 2 sum(g / (2^y + 1)) with y = 2 log2(e) x:
+// tanh(x) = 1 - 2 / (e^(2x) + 1), and the constant part sum(g) is added once per frame. The
+// kernel works on y directly (P, q, bias and proj are scaled by 2 log2(e) on their way in, the
+// products being linear), clamped where tanh is 1 to working precision (|x| = 9 in float32,
+// 19.5 in float64); NaN passes through. A true division: it runs on Zen 3's divider beside the
+// multiply pipes, which the FMAs of the loop saturate (an estimate plus a Newton step would add
+// two multiplies per vector).
+constexpr double kTwoLog2e = 2 * kLog2e;
+template <typename T> inline Vec<T> sigmoid_neg_y(Vec<T> y) {
+  const T lim = sizeof(T) == 8 ? T(19.5 * kTwoLog2e) : T(9 * kTwoLog2e);
+  return T(1) / (exp2_small<T>(clamp<T>(y, -lim, lim)) + T(1));
 }
 
 template <typename T>
@@ -42,9 +54,10 @@ struct AdditiveKernel {
   static constexpr int W = lanes<T>();
   using V = Vec<T>;
   const AdditiveStepParams& p;
-  const T *P, *values, *q, *att_in, *conv_w, *loc_bias, *gvec;
+  const T *P, *values, *q, *att_in, *conv_w, *gvec;
   std::vector<T> proj_t;  // [C][A_pad]: proj transposed so that a is contiguous
   std::vector<T> gvec_pad, bias_pad;
+  T gvec_sum = 0;
   int64_t A_pad, F, T_pad;
   std::atomic<bool> out_of_memory{false};
 
@@ -55,23 +68,27 @@ struct AdditiveKernel {
         q(static_cast<const T*>(params.q)),
         att_in(static_cast<const T*>(params.att_in)),
         conv_w(static_cast<const T*>(params.conv_w)),
-        loc_bias(static_cast<const T*>(params.loc_bias)),
         gvec(static_cast<const T*>(params.gvec)) {
-    A_pad = (p.A + W - 1) / W * W;
+    // Whole register tiles of A (2 vectors); the pads are zero in every A-sized operand.
+    A_pad = (p.A + kTileVecs2 * W - 1) / (kTileVecs2 * W) * (kTileVecs2 * W);
     F = (p.K - 1) / 2;
-    // Whole vectors of frames, and whole groups of the 4 frames that energies() reads at once.
-    const int64_t frame_quantum = std::max(W, 4);
+    // Whole conv tiles of frames (they also cover the 4-frame tiles of the energies).
+    const int64_t frame_quantum = kConvVecs * W;
     T_pad = (p.T + frame_quantum - 1) / frame_quantum * frame_quantum;
-    // Zero-padded copies: the tail lanes past A then contribute gvec = 0 times tanh(...) = 0.
+    // Zero-padded copies: the tail lanes past A then contribute gvec = 0 times anything = 0.
     gvec_pad.assign(A_pad, T(0));
     std::copy(gvec, gvec + p.A, gvec_pad.begin());
+    for (int64_t a = 0; a < p.A; ++a) gvec_sum += gvec[a];
     bias_pad.assign(A_pad, T(0));
-    if (loc_bias) std::copy(loc_bias, loc_bias + p.A, bias_pad.begin());
+    if (params.loc_bias) {
+      const T* loc_bias = static_cast<const T*>(params.loc_bias);
+      std::copy(loc_bias, loc_bias + p.A, bias_pad.begin());
+    }
     if (p.C > 0) {
       const T* proj = static_cast<const T*>(p.proj);
       proj_t.assign(p.C * A_pad, T(0));
       for (int64_t a = 0; a < p.A; ++a)
-        for (int64_t c = 0; c < p.C; ++c) proj_t[c * A_pad + a] = proj[a * p.C + c];
+        for (int64_t c = 0; c < p.C; ++c) proj_t[c * A_pad + a] = T(kTwoLog2e) * proj[a * p.C + c];
     }
   }
 
@@ -84,81 +101,133 @@ struct AdditiveKernel {
       std::fill(row, row + width, T(0));
       std::copy(att_in + (n * p.R + r) * p.T, att_in + (n * p.R + r + 1) * p.T, row + F);
     }
-    constexpr int kMaxC = 16;  // channels accumulated at once
-    for (int64_t t = 0; t < L; t += W) {
-      for (int64_t c0 = 0; c0 < p.C; c0 += kMaxC) {
-        const int cn = int(std::min<int64_t>(kMaxC, p.C - c0));
-        V acc[kMaxC];
-        for (int c = 0; c < cn; ++c) acc[c] = V{};
+    for (int64_t t = 0; t < L; t += kConvVecs * W) {
+      for (int64_t c0 = 0; c0 < p.C; c0 += kConvChans) {
+        const int cn = int(std::min<int64_t>(kConvChans, p.C - c0));
+        V acc[kConvChans][kConvVecs] = {};
         for (int64_t r = 0; r < p.R; ++r) {
           const T* x = pad + r * width + t;
-          const T* wr = conv_w + (c0 * p.R + r) * p.K;
+          const T* wr[kConvChans];
+          for (int c = 0; c < kConvChans; ++c) wr[c] = conv_w + ((c0 + std::min(c, cn - 1)) * p.R + r) * p.K;
           for (int64_t j = 0; j < p.K; ++j) {
-            const V xv = load(x + j);
-            for (int c = 0; c < cn; ++c) acc[c] += splat<T>(wr[c * p.R * p.K + j]) * xv;
+            V xv[kConvVecs];
+            for (int v = 0; v < kConvVecs; ++v) xv[v] = load(x + j + v * W);
+            for (int c = 0; c < kConvChans; ++c) {
+              const V wc = splat<T>(wr[c][j]);
+              for (int v = 0; v < kConvVecs; ++v) acc[c][v] += wc * xv[v];
+            }
           }
         }
-        for (int c = 0; c < cn; ++c) store(f + (c0 + c) * T_pad + t, acc[c]);
+        for (int c = 0; c < cn; ++c)
+          for (int v = 0; v < kConvVecs; ++v) store(f + (c0 + c) * T_pad + t + v * W, acc[c][v]);
       }
     }
   }
 
-  // e[t] for t in [t0, t1) of row n over utterance b, four frames at a time so that each
-  // vector of the location projection is loaded once for four frames.
-  void energies(int64_t n, int64_t b, int64_t t0, int64_t t1, const T* f, T* e) const {
-    constexpr int kF = 4;
-    const T* qn = q + n * p.A;
-    const int64_t afull = p.A / W * W;
-    const int atail = int(p.A - afull);
-    for (int64_t t = t0; t < t1; t += kF) {
-      const int nf = int(std::min<int64_t>(kF, t1 - t));
-      V acc[kF] = {};
-      for (int64_t a = 0; a < A_pad; a += W) {
-        const V qa = a < afull ? load(qn + a) : load_partial(qn + a, atail);
-        V x[kF];
-        for (int k = 0; k < kF; ++k) {
-          const T* Pt = P + (b * p.T + t + std::min(k, nf - 1)) * p.A + a;
-          x[k] = (a < afull ? load(Pt) : load_partial(Pt, atail)) + qa;
+  // e[t0 + k] for k < nf (the frames of one block), row n: gvec . tanh(X[k]) with
+  // y = 2 log2(e) X[k], X[k] = P[k] + q[n] + bias + sum_c f[c][t0 + k] proj[:, c], from Pblk (the block's rows of P)
+  // and qb = q[n] + bias, both zero-padded to A_pad. Register tiles of 4 frames x 2 vectors of A:
+  // the tile's pre-activations never leave the registers before the tanh. Frames past nf are
+  // computed on zero rows and dropped.
+  void energies(const T* Pblk, const T* qb, int64_t t0, int nf, const T* f, T* e) const {
+    const T* g = gvec_pad.data();
+    for (int k0 = 0; k0 < nf; k0 += kTileFrames) {
+      V s[kTileFrames] = {};
+      const T* fk0 = f + t0 + k0;  // f is padded: 4 frames readable past nf
+      for (int64_t a = 0; a < A_pad; a += kTileVecs2 * W) {
+        V acc[kTileFrames][kTileVecs2];
+        const V q0 = load(qb + a), q1 = load(qb + a + W);
+        for (int k = 0; k < kTileFrames; ++k) {
+          acc[k][0] = load(Pblk + (k0 + k) * A_pad + a) + q0;
+          acc[k][1] = load(Pblk + (k0 + k) * A_pad + a + W) + q1;
         }
-        if (p.C > 0) {
-          const V bias = load(bias_pad.data() + a);
-          for (int k = 0; k < kF; ++k) x[k] += bias;
-          for (int64_t c = 0; c < p.C; ++c) {
-            const V pc = load(proj_t.data() + c * A_pad + a);
-            const T* fc = f + c * T_pad + t;  // T_pad >= t + kF: f is padded to whole vectors
-            for (int k = 0; k < kF; ++k) x[k] += splat<T>(fc[k]) * pc;
+        const T* pc = proj_t.data() + a;
+        for (int64_t c = 0; c < p.C; ++c, pc += A_pad) {
+          const V p0 = load(pc), p1 = load(pc + W);
+          const T* fc = fk0 + c * T_pad;
+          for (int k = 0; k < kTileFrames; ++k) {
+            const V fk = splat<T>(fc[k]);
+            acc[k][0] += fk * p0;
+            acc[k][1] += fk * p1;
           }
         }
-        const V g = load(gvec_pad.data() + a);
-        for (int k = 0; k < kF; ++k) acc[k] += g * tanhv<T>(x[k]);
+        const V g0 = load(g + a), g1 = load(g + a + W);
+        for (int k = 0; k < kTileFrames; ++k)
+          s[k] += g0 * sigmoid_neg_y<T>(acc[k][0]) + g1 * sigmoid_neg_y<T>(acc[k][1]);
       }
-      for (int k = 0; k < nf; ++k) e[t + k] = hsum<T>(acc[k]);
+      for (int k = 0; k < kTileFrames && k0 + k < nf; ++k) e[t0 + k0 + k] = gvec_sum - T(2) * hsum<T>(s[k]);
     }
   }
 
-  // w = softmax(scaling * e) over t < L, zeros to T; ctx = sum_t w[t] values[b,t,:].
-  void softmax_context(int64_t n, int64_t b, int64_t L, T* e) const {
+  // The block's rows of P times 2 log2(e), zero-padded to [kFrameBlock][A_pad].
+  void copy_block(int64_t b, int64_t t0, int nf, T* Pblk) const {
+    for (int k = 0; k < kFrameBlock; ++k) {
+      T* dst = Pblk + k * A_pad;
+      const int64_t filled = k < nf ? p.A : 0;
+      const T* src = P + (b * p.T + t0 + k) * p.A;
+      for (int64_t a = 0; a < filled; ++a) dst[a] = T(kTwoLog2e) * src[a];
+      std::fill(dst + filled, dst + A_pad, T(0));
+    }
+  }
+
+  // w = softmax(scaling * e) over t < L into the row's output weights, zeros to T.
+  void softmax(int64_t n, int64_t L, const T* e) const {
     T* w = static_cast<T*>(p.weights) + n * p.T;
-    T* ctx = static_cast<T*>(p.context) + n * p.Ev;
     const T s2 = T(p.scaling * kLog2e);
     T m = -std::numeric_limits<T>::infinity();
     for (int64_t t = 0; t < L; ++t) m = std::max(m, e[t]);
     T sum = 0;
-    for (int64_t t = 0; t < L; ++t) {
+    int64_t t = 0;
+    for (; t + W <= L; t += W) {
+      const V x = exp2v<T>((load(e + t) - m) * s2);
+      store(w + t, x);
+      sum += hsum<T>(x);
+    }
+    for (; t < L; ++t) {
       w[t] = exp2v<T>(splat<T>((e[t] - m) * s2))[0];
       sum += w[t];
     }
     const T inv = T(1) / sum;
-    for (int64_t t = 0; t < L; ++t) w[t] *= inv;
+    for (t = 0; t < L; ++t) w[t] *= inv;
     std::fill(w + L, w + p.T, T(0));
-    std::fill(ctx, ctx + p.Ev, T(0));
+  }
+
+  // ctx[n] = sum_t w[n, t] values[b, t, :] for up to 4 rows ns[0..cnt) of utterance b at once.
+  void context(const int64_t* ns, int cnt, int64_t b, int64_t L) const {
+    const T* w[kCtxRows];
+    T* ctx[kCtxRows];
+    for (int r = 0; r < kCtxRows; ++r) {
+      const int64_t n = ns[std::min(r, cnt - 1)];
+      w[r] = static_cast<const T*>(p.weights) + n * p.T;
+      ctx[r] = static_cast<T*>(p.context) + n * p.Ev;
+    }
+    const T* vb = values + b * p.T * p.Ev;
     const int64_t efull = p.Ev / W * W;
     const int etail = int(p.Ev - efull);
-    for (int64_t t = 0; t < L; ++t) {
-      const V wt = splat<T>(w[t]);
-      const T* vr = values + (b * p.T + t) * p.Ev;
-      for (int64_t e0 = 0; e0 < efull; e0 += W) store(ctx + e0, load(ctx + e0) + wt * load(vr + e0));
-      if (etail) store_partial(ctx + efull, load_partial(ctx + efull, etail) + wt * load_partial(vr + efull, etail), etail);
+    int64_t e0 = 0;
+    for (; e0 + kCtxVecs * W <= efull; e0 += kCtxVecs * W) {
+      V acc[kCtxRows][kCtxVecs] = {};
+      for (int64_t t = 0; t < L; ++t) {
+        const V v0 = load(vb + t * p.Ev + e0), v1 = load(vb + t * p.Ev + e0 + W);
+        for (int r = 0; r < kCtxRows; ++r) {
+          const V wr = splat<T>(w[r][t]);
+          acc[r][0] += wr * v0;
+          acc[r][1] += wr * v1;
+        }
+      }
+      for (int r = 0; r < cnt; ++r) {
+        store(ctx[r] + e0, acc[r][0]);
+        store(ctx[r] + e0 + W, acc[r][1]);
+      }
+    }
+    for (; e0 < p.Ev; e0 += W) {
+      const int width = int(std::min<int64_t>(W, p.Ev - e0));
+      V acc[kCtxRows] = {};
+      for (int64_t t = 0; t < L; ++t) {
+        const V v0 = width == W ? load(vb + t * p.Ev + e0) : load_partial(vb + t * p.Ev + e0, width);
+        for (int r = 0; r < kCtxRows; ++r) acc[r] += splat<T>(w[r][t]) * v0;
+      }
+      for (int r = 0; r < cnt; ++r) store_partial(ctx[r] + e0, acc[r], width);
     }
   }
 
@@ -190,6 +259,8 @@ struct AdditiveKernel {
     const std::size_t off_f = lay.add<T>(kRowsPerTask * std::max<int64_t>(p.C, 1) * T_pad);
     const std::size_t off_pad = lay.add<T>(std::max<int64_t>(p.R, 1) * pad_width);
     const std::size_t off_e = lay.add<T>(kRowsPerTask * T_pad);
+    const std::size_t off_pblk = lay.add<T>(kFrameBlock * A_pad);
+    const std::size_t off_qb = lay.add<T>(kRowsPerTask * A_pad);
     const std::size_t bytes = lay.bytes();
 
     parallel_for(int64_t(tasks.size()), [&](int64_t, int64_t begin, int64_t end) {
@@ -201,15 +272,27 @@ struct AdditiveKernel {
       T* f = at<T>(base, off_f);
       T* pad = at<T>(base, off_pad);
       T* e = at<T>(base, off_e);
+      T* Pblk = at<T>(base, off_pblk);
+      T* qb = at<T>(base, off_qb);
       for (int64_t task = begin; task < end; ++task) {
         const auto [i0, i1] = tasks[task];
         const int64_t b = p.rows[order[i0]], L = p.lengths[b];
         if (p.C > 0)
           for (int64_t i = i0; i < i1; ++i) location_features(order[i], L, f + (i - i0) * p.C * T_pad, pad);
-        for (int64_t t0 = 0; t0 < L; t0 += kFrameBlock)
+        for (int64_t i = i0; i < i1; ++i) {
+          const T* qn = q + order[i] * p.A;
+          T* qbi = qb + (i - i0) * A_pad;
+          for (int64_t a = 0; a < A_pad; ++a) qbi[a] = a < p.A ? T(kTwoLog2e) * (qn[a] + bias_pad[a]) : T(0);
+        }
+        for (int64_t t0 = 0; t0 < L; t0 += kFrameBlock) {
+          const int nf = int(std::min(kFrameBlock, L - t0));
+          copy_block(b, t0, nf, Pblk);
           for (int64_t i = i0; i < i1; ++i)
-            energies(order[i], b, t0, std::min(t0 + kFrameBlock, L), f + (i - i0) * p.C * T_pad, e + (i - i0) * T_pad);
-        for (int64_t i = i0; i < i1; ++i) softmax_context(order[i], b, L, e + (i - i0) * T_pad);
+            energies(Pblk, qb + (i - i0) * A_pad, t0, nf, f + (i - i0) * p.C * T_pad, e + (i - i0) * T_pad);
+        }
+        for (int64_t i = i0; i < i1; ++i) softmax(order[i], L, e + (i - i0) * T_pad);
+        for (int64_t i = i0; i < i1; i += kCtxRows)
+          context(order.data() + i, int(std::min<int64_t>(kCtxRows, i1 - i)), b, L);
       }
     });
     if (out_of_memory.load()) throw std::bad_alloc();

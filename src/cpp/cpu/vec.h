@@ -8,6 +8,10 @@
 #include <type_traits>
 #include <utility>
 
+#if defined(__SSE__)
+#include <immintrin.h>
+#endif
+
 #ifndef ATTNKIT_VEC_BYTES
 #error "ATTNKIT_VEC_BYTES must be set by the build (16, 32 or 64)"
 #endif
@@ -70,6 +74,32 @@ template <typename T> inline T hmax(Vec<T> v) {
   T m = v[0];
   for (int i = 1; i < lanes<T>(); ++i) m = v[i] > m ? v[i] : m;
   return m;
+}
+
+// min(max(x, lo), hi) with NaN passing through, in one min and one max instruction where the
+// ISA has them (x86's min/max return their second operand when either is NaN). The ternaries
+// that express this portably compile to compare + blend pairs, twice the work in a hot loop.
+template <typename T> inline Vec<T> clamp(Vec<T> x, T lo, T hi) {
+  const Vec<T> vlo = splat<T>(lo), vhi = splat<T>(hi);
+#if defined(__AVX512F__) && ATTNKIT_VEC_BYTES == 64
+  if constexpr (sizeof(T) == 4)
+    return reinterpret_cast<Vec<T>>(_mm512_min_ps(reinterpret_cast<__m512>(vhi), _mm512_max_ps(reinterpret_cast<__m512>(vlo), reinterpret_cast<__m512>(x))));
+  else
+    return reinterpret_cast<Vec<T>>(_mm512_min_pd(reinterpret_cast<__m512d>(vhi), _mm512_max_pd(reinterpret_cast<__m512d>(vlo), reinterpret_cast<__m512d>(x))));
+#elif defined(__AVX__) && ATTNKIT_VEC_BYTES == 32
+  if constexpr (sizeof(T) == 4)
+    return reinterpret_cast<Vec<T>>(_mm256_min_ps(reinterpret_cast<__m256>(vhi), _mm256_max_ps(reinterpret_cast<__m256>(vlo), reinterpret_cast<__m256>(x))));
+  else
+    return reinterpret_cast<Vec<T>>(_mm256_min_pd(reinterpret_cast<__m256d>(vhi), _mm256_max_pd(reinterpret_cast<__m256d>(vlo), reinterpret_cast<__m256d>(x))));
+#elif defined(__SSE2__) && ATTNKIT_VEC_BYTES == 16
+  if constexpr (sizeof(T) == 4)
+    return reinterpret_cast<Vec<T>>(_mm_min_ps(reinterpret_cast<__m128>(vhi), _mm_max_ps(reinterpret_cast<__m128>(vlo), reinterpret_cast<__m128>(x))));
+  else
+    return reinterpret_cast<Vec<T>>(_mm_min_pd(reinterpret_cast<__m128d>(vhi), _mm_max_pd(reinterpret_cast<__m128d>(vlo), reinterpret_cast<__m128d>(x))));
+#else
+  x = vlo > x ? vlo : x;
+  return vhi < x ? vhi : x;
+#endif
 }
 
 // In-register transpose of a W x W block (W = lanes): after it, r[d][i] is the old r[i][d].
@@ -137,6 +167,17 @@ template <typename T> inline Vec<T> exp2_core(Vec<T> x) {
   const Vec<T> n = (x + C::kRound) - C::kRound;
   const VecI<T> bits = (__builtin_convertvector(n, VecI<T>) + C::kBias) << C::kMantissa;
   return exp2_poly(x - n) * reinterpret_cast<const Vec<T>&>(bits);
+}
+
+// 2^x for |x| well inside the exponent range (|x| < 100 for float): like exp2_core, but 2^n is
+// applied by adding n to the exponent field of the polynomial (an integer add instead of a
+// multiply: the multiply pipes are what the energy loops run out of). NaN stays NaN.
+template <typename T> inline Vec<T> exp2_small(Vec<T> x) {
+  using C = Exp2Consts<T>;
+  const Vec<T> n = (x + C::kRound) - C::kRound;
+  const Vec<T> poly = exp2_poly(x - n);
+  const VecI<T> bits = reinterpret_cast<const VecI<T>&>(poly) + (__builtin_convertvector(n, VecI<T>) << C::kMantissa);
+  return reinterpret_cast<const Vec<T>&>(bits);
 }
 
 // 2^x for x <= 0 (softmax terms s - max): below the smallest normal exponent, -inf (a masked
