@@ -2,12 +2,14 @@
 
 NumPy arrays in, NumPy arrays out; C++ SIMD kernels (AVX-512, AVX2, portable) chosen at run time.
 ``attnkit.espnet`` holds ESPnet's RNN attention family (prepare once, step many; and
-ESPnet-compatible wrappers).
+ESPnet-compatible wrappers); ``attnkit.asr`` (imported on demand) runs whole ESPnet RNN
+recognisers: encoders, decoder, searches, model files and ``Recognizer``.
 """
 from attnkit._core import UnsupportedError
 from attnkit.dot_product import scaled_dot_product_attention
 from attnkit.multi_head import multi_head_attention
 from attnkit import espnet
+from attnkit.plot import plot_attention
 from attnkit.runtime import _version, get_cpu_isa, get_num_threads, set_cpu_isa, set_num_threads, show_config
 
 
@@ -27,6 +29,7 @@ __all__ = [
     "get_cpu_isa",
     "get_num_threads",
     "multi_head_attention",
+    "plot_attention",
     "scaled_dot_product_attention",
     "set_cpu_isa",
     "set_num_threads",

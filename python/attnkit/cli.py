@@ -1,9 +1,9 @@
 """The `attnkit` command (also `python -m attnkit`).
 
-Sub-commands: `info` (what this build contains and what it runs with) and `bench` (the
-benchmark sweep, and `bench compare`). Each sub-command registers itself on the argparse
-sub-parsers with a `func(args) -> exit status`, so later ones (transcribe, evaluate,
-convert-espnet) slot in beside them.
+Sub-commands: `transcribe` and `evaluate` (speech recognition, attnkit/asr/commands.py), `info`
+(what this build contains and what it runs with), `bench` (the benchmark sweep, and `bench
+compare`) and `convert-espnet` (an ESPnet model into an attnkit model directory). Each
+sub-command registers itself on the argparse sub-parsers with a `func(args) -> exit status`.
 """
 from __future__ import annotations
 
@@ -54,7 +54,36 @@ def run_info(args) -> int:
     return 0
 
 
+def run_convert_espnet(args) -> int:
+    import numpy as np
+
+    from attnkit.asr.espnet_import import convert_espnet
+
+    try:
+        model = convert_espnet(args.config, args.weights, args.out, dtype=np.dtype(args.dtype))
+    except (OSError, TypeError, ValueError, NotImplementedError) as e:
+        # Bad input files are the user's to fix: one line, not a traceback.
+        sys.stderr.write(f"attnkit convert-espnet: error: {e}\n")
+        return 2
+    sys.stdout.write(f"wrote {args.out}: {model!r}, weights stored as {args.dtype}\n")
+    return 0
+
+
+def add_convert_espnet(sub) -> None:
+    convert = sub.add_parser(
+        "convert-espnet", help="convert an ESPnet RNN attention model into an attnkit model directory",
+        description="Reads an ESPnet2 config.yaml + model.pth (or an espnet1 model.json + model.acc.best) "
+                    "without PyTorch and writes config.yaml + model.safetensors into --out.")
+    convert.add_argument("--config", required=True, help="ESPnet2 config.yaml, or espnet1 model.json")
+    convert.add_argument("--weights", required=True, help="the torch.save file: model.pth, model.acc.best, snapshot")
+    convert.add_argument("--out", required=True, help="output directory (created if needed)")
+    convert.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                         help="how the weights are stored (float16 halves the file; loading upcasts)")
+    convert.set_defaults(func=run_convert_espnet)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from attnkit.asr.commands import add_parsers as add_asr
     from attnkit.bench.command import add_parser as add_bench
 
     parser = argparse.ArgumentParser(
@@ -69,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the configuration as JSON")
     info.set_defaults(func=run_info)
 
+    add_asr(sub)
     add_bench(sub)
+    add_convert_espnet(sub)
     return parser
 
 

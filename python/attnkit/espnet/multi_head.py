@@ -73,9 +73,9 @@ class MultiHead(EspnetAttention):
 
     def _precompute(self, enc, lengths):
         st = self._stacked()
-        keys = self._heads(enc @ st["k"].T, self.att_dim_k)
+        keys = self._heads(linear(enc, st["k"]), self.att_dim_k)
         return {"keys": np.tanh(keys) if self._energy == "dot" else keys,
-                "values": self._heads(enc @ st["v"].T, self.att_dim_v)}
+                "values": self._heads(linear(enc, st["v"]), self.att_dim_v)}
 
     def _initial(self, prepared, rows):
         if self._energy != "loc":

@@ -1,0 +1,185 @@
+"""End-to-end decoding speed: attnkit's NumPy decoder loop against ESPnet's own PyTorch loop.
+
+The same model (an attnkit model directory; default: the bundled digit recogniser) runs
+  - on attnkit: ``AsrModel.encode`` + ``greedy_search`` / ``beam_search`` (ESPnet's
+    ``recognize_beam``) / ``batch_beam_search`` (``recognize_beam_batch``);
+  - on PyTorch eager, where torch and espnet are installed: the recipe's PyTorch encoder
+    (recipes/digits/model.py) + ESPnet's espnet1 ``Decoder`` with ``AttLoc`` and its
+    ``recognize_beam`` / ``recognize_beam_batch`` loops, loaded with the same float32 weights.
+Features (kaldi-native-fbank) are computed once beforehand and are not timed: both sides use the
+same ones. Reported: utterances per second, real-time factor (compute / audio), and the ratio.
+Both libraries get the same thread count (--threads).
+
+    python benchmarks/bench_decode.py [--model DIR] [--wav-dir DIR] [--threads 1] [--out PREFIX]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_features(rec, wav_files):
+    from attnkit.asr.audio import load_audio
+
+    feats, seconds = [], 0.0
+    for path in wav_files:
+        samples = load_audio(path, rec.sample_rate)
+        seconds += samples.shape[0] / rec.sample_rate
+        feats.append(rec.features(samples))
+    return feats, seconds
+
+
+def padded(feats):
+    lengths = np.array([f.shape[0] for f in feats], np.int64)
+    x = np.zeros((len(feats), lengths.max(), feats[0].shape[1]), np.float32)
+    for i, f in enumerate(feats):
+        x[i, : f.shape[0]] = f
+    return x, lengths
+
+
+def attnkit_runner(model, mode, beam, batch):
+    from attnkit.asr.search import SearchOptions, batch_beam_search, beam_search, greedy_search
+
+    options = SearchOptions(beam_size=beam)
+
+    def run(feats):
+        out = []
+        for i in range(0, len(feats), batch):
+            x, lengths = padded(feats[i:i + batch])
+            enc, enc_lengths = model.encode(x, lengths)
+            if mode == "greedy":
+                out += [h.tokens.tolist() for h in greedy_search(model.decoder, enc, enc_lengths)]
+            elif mode == "beam":
+                out += [beam_search(model.decoder, enc[b, :enc_lengths[b]], options=options)[0].tokens.tolist()
+                        for b in range(enc.shape[0])]
+            else:
+                out += [hs[0].tokens.tolist() for hs in batch_beam_search(model.decoder, enc, enc_lengths, options=options)]
+        return out
+    return run
+
+
+def torch_runner(model, mode, beam, batch):
+    """ESPnet's espnet1 Decoder loops on PyTorch with the model's weights; None without torch/espnet."""
+    try:
+        import torch
+        from espnet.nets.pytorch_backend.rnn.attentions import AttLoc
+        from espnet.nets.pytorch_backend.rnn.decoders import Decoder
+    except ImportError:
+        return None
+    sys.path.insert(0, str(ROOT / "recipes" / "digits"))
+    from model import DigitRecogniser  # the recipe's PyTorch model (same names, same math)
+
+    weights = {k: torch.from_numpy(np.asarray(v, np.float32)) for k, v in model.weights.items()}
+    V, c = model.vocab_size, model.config
+    torch_model = DigitRecogniser(V, c.input_size, weights["normalize.mean"], weights["normalize.std"]).eval()
+    torch_model.load_state_dict(weights)
+    d, a = c.decoder_conf, c.decoder_conf["att_conf"]
+    att = AttLoc(c.eprojs, d["hidden_size"], a["adim"], a["aconv_chans"], a["aconv_filts"])
+    dec = Decoder(c.eprojs, V, d["rnn_type"], d["num_layers"], d["hidden_size"], V - 1, V - 1, torch.nn.ModuleList([att]),
+                  context_residual=d["context_residual"]).eval()
+    local = {}
+    for k, v in weights.items():
+        if k.startswith("decoder.att_list.0."):
+            local["att.0." + k[len("decoder.att_list.0."):]] = v
+        elif k.startswith("decoder."):
+            local[k[len("decoder."):]] = v
+    dec.load_state_dict(local)
+    args = SimpleNamespace(beam_size=beam, penalty=0.0, ctc_weight=0.0, maxlenratio=0.0, minlenratio=0.0, nbest=1,
+                           lm_weight=0.0)
+    char_list = list(model.token_list)
+
+    @torch.inference_mode()
+    def run(feats):
+        out = []
+        for i in range(0, len(feats), batch):
+            x, lengths = padded(feats[i:i + batch])
+            enc, enc_lengths = torch_model.encode(torch.from_numpy(x), torch.from_numpy(lengths))
+            if mode == "batch":
+                hyps = dec.recognize_beam_batch(enc, enc_lengths, None, args, char_list)
+                out += [h[0]["yseq"][1:-1] for h in hyps]
+            else:  # ESPnet's recognize_beam, one utterance at a time (beam 1 = greedy)
+                for b in range(enc.shape[0]):
+                    hyp = dec.recognize_beam(enc[b, : int(enc_lengths[b])], None, args, char_list)
+                    out.append(list(hyp[0]["yseq"][1:-1]))
+        return [[int(t) for t in h] for h in out]
+    return run
+
+
+def timed(fn, feats, repeats):
+    fn(feats[:2])  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn(feats)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), out
+
+
+def main(argv=None) -> int:
+    import attnkit
+    from attnkit.asr.recognizer import BUNDLED_MODEL, Recognizer, bundled_samples
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(BUNDLED_MODEL))
+    p.add_argument("--wav-dir", help="folder of WAV files to decode (default: the bundled samples)")
+    p.add_argument("--limit", type=int, default=64, help="at most this many files")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=16, help="utterances per batch in the batched search")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", help="write PREFIX.json and PREFIX.md")
+    args = p.parse_args(argv)
+
+    attnkit.set_num_threads(args.threads)
+    rec = Recognizer(args.model)
+    files = sorted(Path(args.wav_dir).rglob("*.wav"))[: args.limit] if args.wav_dir else bundled_samples()
+    feats, audio_seconds = load_features(rec, files)
+    try:
+        import torch
+        torch.set_num_threads(args.threads)
+        torch_version = torch.__version__
+    except ImportError:
+        torch_version = None
+    cases = [("greedy", 1, 1), ("beam", 10, 1), ("batch", 10, args.batch)]
+    rows = []
+    for mode, beam, batch in cases:
+        t_ak, out_ak = timed(attnkit_runner(rec.model, mode, beam, batch), feats, args.repeats)
+        row = {"search": mode, "beam": beam, "batch": batch, "utterances": len(feats), "audio_seconds": audio_seconds,
+               "attnkit_s": t_ak, "attnkit_rtf": t_ak / audio_seconds, "attnkit_utt_per_s": len(feats) / t_ak}
+        runner = torch_runner(rec.model, mode, beam, batch)
+        if runner is not None:
+            t_pt, out_pt = timed(runner, feats, args.repeats)
+            row.update(torch_s=t_pt, torch_rtf=t_pt / audio_seconds, torch_utt_per_s=len(feats) / t_pt,
+                       speedup=t_pt / t_ak, same_hypotheses=sum(a == b for a, b in zip(out_ak, out_pt)))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": platform.processor() or platform.machine(), "threads": args.threads,
+            "attnkit": attnkit.__version__, "numpy": np.__version__, "torch": torch_version,
+            "cpu_isa": attnkit.show_config().get("cpu_isa_active"), "model": args.model,
+            "files": len(files)}
+    if args.out:
+        Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        lines = [f"Decoding, {meta['files']} utterances ({audio_seconds:.1f} s of audio), {args.threads} thread(s), "
+                 f"{meta['date']}, attnkit {meta['attnkit']}, torch {torch_version}", "",
+                 "| search | beam | batch | attnkit RTF | attnkit utt/s | torch RTF | torch utt/s | speed-up | same hyps |",
+                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            lines.append(f"| {r['search']} | {r['beam']} | {r['batch']} | {r['attnkit_rtf']:.4f} | {r['attnkit_utt_per_s']:.1f} | "
+                         f"{r.get('torch_rtf', float('nan')):.4f} | {r.get('torch_utt_per_s', float('nan')):.1f} | "
+                         f"{r.get('speedup', float('nan')):.1f}x | {r.get('same_hypotheses', '-')}/{r['utterances']} |")
+        Path(args.out + ".md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

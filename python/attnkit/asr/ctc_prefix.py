@@ -1,0 +1,240 @@
+"""ESPnet's CTC prefix scores (Watanabe et al. 2017, Algorithm 2), vectorised over hypotheses and
+candidate labels, without torch.
+
+Spec: /work/shared/spec/espnet_attention.md, sections 3.4 (``CTCPrefixScore``, the single-utterance
+search) and 3.5 (``CTCPrefixScoreTH``, the batched search). For a prefix g (sos excluded, length
+|g|) and a candidate c, with x ``[T, O]`` the CTC log-posteriors and r^n, r^b ``[T]`` the
+log-probabilities that g ends at frame t with a label or a blank:
+
+    phi_t   = logaddexp(r^n_t(g), r^b_t(g)),  or r^b_t(g) when c is g's last label
+    r^n_t(gc) = logaddexp(r^n_{t-1}(gc), phi_{t-1}) + x_t(c)
+    r^b_t(gc) = logaddexp(r^n_{t-1}(gc), r^b_{t-1}(gc)) + x_t(blank)
+    psi(gc) = logsumexp(r^n_{s-1}(gc), phi_{t-1} + x_t(c) for s <= t < end),   s = max(|g|, 1)
+    psi(g eos) = logaddexp(r^n_{T-1}(g), r^b_{T-1}(g));  psi(g blank) = LOGZERO
+
+with r^n_0(c) = x_0(c) for the first label and LOGZERO elsewhere. Both classes share that
+recursion (``prefix_scores``); they differ in what ESPnet's two implementations do around it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from attnkit._arrays import describe, host_float_array, lengths_array
+
+#: ESPnet's log(0).
+LOGZERO = -1e10
+
+
+def logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    m = x.max(axis=axis, keepdims=True)
+    return np.squeeze(m, axis) + np.log(np.exp(x - m).sum(axis=axis))
+
+
+def prefix_scores(xs: np.ndarray, x_blank: np.ndarray, log_phi: np.ndarray, first_label: bool, start: int, end: int,
+                  state_dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The recursion above for N prefixes x C candidates at once.
+
+    xs ``[T, N, C]`` x_t(c) of each candidate; x_blank ``[T, N]``; log_phi ``[T, N, C]``;
+    first_label: |g| == 0; frames [start, end) are updated (ESPnet: start = max(|g|, 1), end = T,
+    or the attention window). Returns r ``[T, 2, N, C]`` (state_dtype; frames outside the range
+    LOGZERO) and psi ``[N, C]`` (eos and blank not yet applied).
+    """
+    T, N, C = xs.shape
+    r = np.full((T, 2, N, C), LOGZERO, dtype=state_dtype)
+    if first_label:
+        r[0, 0] = xs[0]
+    if start > T:  # a prefix longer than the input: no frame left for c
+        return r, np.full((N, C), LOGZERO, dtype=np.result_type(log_phi, xs))
+    x_b = x_blank[:, :, None]
+    for t in range(start, end):
+        # Written to r in its dtype after adding x in x's dtype: ESPnet's rounding points.
+        np.add(np.logaddexp(r[t - 1, 0], log_phi[t - 1]), xs[t], out=r[t, 0], casting="same_kind")
+        np.add(np.logaddexp(r[t - 1, 0], r[t - 1, 1]), x_b[t], out=r[t, 1], casting="same_kind")
+    terms = log_phi[start - 1:end - 1] + xs[start:end]                   # [end-start, N, C]
+    terms = np.concatenate([terms, r[start - 1, 0][None].astype(terms.dtype)], axis=0)
+    return r, logsumexp(terms, axis=0)
+
+
+class CTCPrefixScore:
+    """ESPnet's numpy ``CTCPrefixScore`` for one utterance (used by ``recognize_beam``).
+
+    x ``[T, O]`` CTC log-posteriors of one utterance (no padding); blank and eos ids. As ESPnet,
+    the forward variables r are stored in float32 whatever x's dtype (``state_dtype``; pass
+    x.dtype for full float64), and a state is r ``[T, 2]`` (r^n, r^b) per hypothesis.
+    ``score`` runs several hypotheses of the same length at once.
+    """
+
+    def __init__(self, x, blank: int, eos: int, *, state_dtype=np.float32):
+        op = "CTCPrefixScore"
+        self.x = host_float_array(op, "x", x, (2,))
+        T, O = self.x.shape
+        for name, v in (("blank", blank), ("eos", eos)):
+            if not isinstance(v, (int, np.integer)) or not 0 <= v < O:
+                raise ValueError(f"{op}: {name} must be a label id in [0, {O}), got {describe(v)}")
+        self.blank, self.eos = int(blank), int(eos)
+        self.input_length, self.odim = T, O
+        self.state_dtype = np.dtype(state_dtype)
+
+    def initial_state(self) -> np.ndarray:
+        """r ``[T, 2]`` of the empty prefix: r^n = LOGZERO, r^b_t = sum_{s<=t} x_s(blank),
+        accumulated in the state dtype frame by frame, as ESPnet."""
+        r = np.full((self.input_length, 2), LOGZERO, dtype=self.state_dtype)
+        r[0, 1] = self.x[0, self.blank]
+        for t in range(1, self.input_length):
+            r[t, 1] = r[t - 1, 1] + self.x[t, self.blank]
+        return r
+
+    def score(self, last, output_length: int, candidates, r_prev) -> tuple[np.ndarray, np.ndarray]:
+        """Prefix scores of N hypotheses of equal length extended by C candidates each.
+
+        last ``[N]`` the hypotheses' last labels (sos for the empty prefix); output_length = |g|;
+        candidates ``[N, C]`` label ids; r_prev ``[T, 2, N]`` their states. Returns psi ``[N, C]``
+        and the candidates' states r ``[T, 2, N, C]``.
+        """
+        cands = np.asarray(candidates)
+        last = np.asarray(last)
+        r_prev = np.asarray(r_prev, dtype=self.state_dtype)
+        r_sum = np.logaddexp(r_prev[:, 0], r_prev[:, 1])                      # [T, N]
+        log_phi = np.broadcast_to(r_sum[:, :, None], r_prev.shape[:1] + cands.shape)
+        if output_length > 0:
+            log_phi = np.where((cands == last[:, None])[None], r_prev[:, 1, :, None], log_phi)
+        xs = self.x[:, cands]                                                  # [T, N, C]
+        r, psi = prefix_scores(xs, np.broadcast_to(self.x[:, None, self.blank], xs.shape[:2]), log_phi,
+                               output_length == 0, max(output_length, 1), self.input_length, self.state_dtype)
+        psi = np.where(cands == self.eos, r_sum[-1][:, None], psi)
+        if self.eos != self.blank:
+            psi = np.where(cands == self.blank, LOGZERO, psi)
+        return psi, r
+
+    def __call__(self, y, cs, r_prev) -> tuple[np.ndarray, np.ndarray]:
+        """ESPnet's call: prefix ``y`` (sos first), candidates ``cs [C]``, state ``r_prev [T, 2]``;
+        returns psi ``[C]`` and the candidates' states ``[C, T, 2]``."""
+        cs = np.asarray(cs)
+        psi, r = self.score(np.array([y[-1]]), len(y) - 1, cs[None], np.asarray(r_prev)[:, :, None])
+        return psi[0], np.ascontiguousarray(r[:, :, 0].transpose(2, 0, 1))
+
+
+class CTCBatchState(NamedTuple):
+    """``CTCPrefixScoreBatch``'s state after selection: r ``[T, 2, N]``, the selected prefix
+    scores s ``[N, 1]``, and the window's running frame bounds."""
+
+    r: np.ndarray
+    s: np.ndarray
+    f_min: int
+    f_max: int
+
+
+class CTCBatchScores(NamedTuple):
+    """What a ``CTCPrefixScoreBatch`` call leaves for ``select_state``: r ``[T, 2, N, S]`` of the
+    scored candidates, psi ``[N, O]``, the window bounds, and the label -> candidate slot map
+    ``[N, O]`` (-1: not scored; None when all O labels were scored)."""
+
+    r: np.ndarray
+    psi: np.ndarray
+    f_min: int
+    f_max: int
+    slot: np.ndarray | None
+
+
+class CTCPrefixScoreBatch:
+    """ESPnet's ``CTCPrefixScoreTH`` (the batched search's scorer), on NumPy.
+
+    x ``[B, T, O]`` CTC log-posteriors (copied; frames past each length become LOGZERO with blank
+    0, as ESPnet does in place), lengths ``[B]``; rows are ``n = b * W + k`` (W hypotheses per
+    utterance). Computes in x's dtype. ``margin > 0`` restricts the frames to a window around the
+    attention's expected frames (ESPnet's ``ctc_window_margin``).
+    """
+
+    def __init__(self, x, lengths, blank: int, eos: int, margin: int = 0):
+        op = "CTCPrefixScoreBatch"
+        x = host_float_array(op, "x", x, (3,))
+        B, T, O = x.shape
+        lengths = lengths_array(op, "lengths", lengths, B, T, "T")
+        for name, v in (("blank", blank), ("eos", eos)):
+            if not isinstance(v, (int, np.integer)) or not 0 <= v < O:
+                raise ValueError(f"{op}: {name} must be a label id in [0, {O}), got {describe(v)}")
+        if not isinstance(margin, (int, np.integer)) or margin < 0:
+            raise ValueError(f"{op}: margin must be an integer >= 0, got {describe(margin)}")
+        self.blank, self.eos, self.margin = int(blank), int(eos), int(margin)
+        self.batch, self.input_length, self.odim = B, T, O
+        self.dtype = x.dtype
+        x_tbo = np.array(x.transpose(1, 0, 2))                                 # [T, B, O]
+        past = np.arange(T)[:, None] >= lengths[None, :]
+        x_tbo[past] = LOGZERO
+        x_tbo[past, self.blank] = 0
+        self.x = x_tbo
+        self.end_frames = lengths - 1
+
+    def initial_state(self) -> None:
+        return None
+
+    def _initial(self, utt: np.ndarray) -> CTCBatchState:
+        r = np.full((self.input_length, 2, utt.shape[0]), LOGZERO, dtype=self.dtype)
+        # torch's CPU cumsum accumulates float32 in double: so does this.
+        r[:, 1] = np.cumsum(self.x[:, :, self.blank], axis=0, dtype=np.float64)[:, utt]
+        return CTCBatchState(r, np.zeros((utt.shape[0], 1), self.dtype), 0, 1)
+
+    def __call__(self, last, output_length: int, state: CTCBatchState | None, scoring_ids=None,
+                 att_w=None) -> tuple[np.ndarray, CTCBatchScores]:
+        """Scores every row's candidates.
+
+        last ``[N]`` each row's last label (sos first); output_length = |g| (equal for all rows);
+        state: None first, then ``select_state``'s; scoring_ids ``[N, S]`` the labels to score
+        (the others get LOGZERO), None for all O; att_w ``[N, ..., T]`` this step's attention
+        weights (for the window). Returns the increments psi - s ``[N, O]`` and the scores to
+        hand to ``select_state``.
+        """
+        last = np.asarray(last)
+        n = last.shape[0]
+        hyps = n // self.batch
+        utt = np.arange(n) // hyps
+        if state is None:
+            state = self._initial(utt)
+        r_prev, s_prev, f_min_prev, f_max_prev = state
+        T, O = self.input_length, self.odim
+        if scoring_ids is None:
+            cands, slot = np.broadcast_to(np.arange(O), (n, O)), None
+        else:
+            cands = np.asarray(scoring_ids)
+            slot = np.full((n, O), -1, dtype=np.int64)
+            slot[np.arange(n)[:, None], cands] = np.arange(cands.shape[1])
+        xs = self.x[:, utt[:, None], cands]                                    # [T, N, S]
+        r_sum = np.logaddexp(r_prev[:, 0], r_prev[:, 1])                       # [T, N]
+        # ESPnet replaces phi by r^b for the last label even for the empty prefix (last = sos).
+        log_phi = np.where((cands == last[:, None])[None], r_prev[:, 1, :, None], r_sum[:, :, None])
+
+        if att_w is not None and self.margin > 0:
+            f_arg = np.asarray(att_w) @ np.arange(T, dtype=self.dtype)
+            f_min = max(int(f_arg.min()), f_min_prev)
+            f_max = max(int(f_arg.max()), f_max_prev)
+            start = min(f_max_prev, max(f_min - self.margin, output_length, 1))
+            end = min(f_max + self.margin, T)
+        else:
+            f_min = f_max = 0
+            start, end = max(output_length, 1), T
+        r, psi_c = prefix_scores(xs, self.x[:, utt, self.blank], log_phi, output_length == 0, start, end, self.dtype)
+        if slot is None:
+            psi = psi_c.astype(self.dtype, copy=False)
+        else:
+            psi = np.full((n, O), LOGZERO, dtype=self.dtype)
+            psi[np.arange(n)[:, None], cands] = psi_c
+        psi[:, self.eos] = r_sum[self.end_frames[utt], np.arange(n)]
+        if self.eos != self.blank:
+            psi[:, self.blank] = LOGZERO
+        return psi - s_prev, CTCBatchScores(r, psi, f_min, f_max, slot)
+
+    def select_state(self, scores: CTCBatchScores, best_ids) -> CTCBatchState:
+        """The states of the kept candidates: best_ids ``[B, W]`` indices into each utterance's
+        (W x O) candidates (``source hypothesis * O + label``), as the batched search picks them.
+        A label that was not scored takes slot 0's r (its score is LOGZERO-ish anyway), as ESPnet."""
+        best_ids = np.asarray(best_ids)
+        B, W = best_ids.shape
+        n = scores.psi.shape[0]
+        hyps = n // B
+        src = (best_ids // self.odim + (np.arange(B) * hyps)[:, None]).reshape(-1)
+        label = (best_ids % self.odim).reshape(-1)
+        s_new = scores.psi[src, label][:, None]
+        col = label if scores.slot is None else np.maximum(scores.slot[src, label], 0)
+        return CTCBatchState(scores.r[:, :, src, col], s_new, scores.f_min, scores.f_max)
