@@ -2,7 +2,8 @@
 
 The same model (an attnkit model directory; default: the bundled digit recogniser) runs
   - on attnkit: ``AsrModel.encode`` + ``greedy_search`` / ``beam_search`` (ESPnet's
-    ``recognize_beam``) / ``batch_beam_search`` (``recognize_beam_batch``);
+    ``recognize_beam``) / ``batch_beam_search`` (``recognize_beam_batch``), through
+    ``attnkit.bench.decode`` (``attnkit bench --ops decode`` times the same, attnkit only);
   - on PyTorch eager, where torch and espnet are installed: the recipe's PyTorch encoder
     (recipes/digits/model.py) + ESPnet's espnet1 ``Decoder`` with ``AttLoc`` and its
     ``recognize_beam`` / ``recognize_beam_batch`` loops, loaded with the same float32 weights.
@@ -25,47 +26,9 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from attnkit.bench.decode import attnkit_runner, load_features, padded
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_features(rec, wav_files):
-    from attnkit.asr.audio import load_audio
-
-    feats, seconds = [], 0.0
-    for path in wav_files:
-        samples = load_audio(path, rec.sample_rate)
-        seconds += samples.shape[0] / rec.sample_rate
-        feats.append(rec.features(samples))
-    return feats, seconds
-
-
-def padded(feats):
-    lengths = np.array([f.shape[0] for f in feats], np.int64)
-    x = np.zeros((len(feats), lengths.max(), feats[0].shape[1]), np.float32)
-    for i, f in enumerate(feats):
-        x[i, : f.shape[0]] = f
-    return x, lengths
-
-
-def attnkit_runner(model, mode, beam, batch):
-    from attnkit.asr.search import SearchOptions, batch_beam_search, beam_search, greedy_search
-
-    options = SearchOptions(beam_size=beam)
-
-    def run(feats):
-        out = []
-        for i in range(0, len(feats), batch):
-            x, lengths = padded(feats[i:i + batch])
-            enc, enc_lengths = model.encode(x, lengths)
-            if mode == "greedy":
-                out += [h.tokens.tolist() for h in greedy_search(model.decoder, enc, enc_lengths)]
-            elif mode == "beam":
-                out += [beam_search(model.decoder, enc[b, :enc_lengths[b]], options=options)[0].tokens.tolist()
-                        for b in range(enc.shape[0])]
-            else:
-                out += [hs[0].tokens.tolist() for hs in batch_beam_search(model.decoder, enc, enc_lengths, options=options)]
-        return out
-    return run
 
 
 def torch_runner(model, mode, beam, batch):
@@ -104,7 +67,7 @@ def torch_runner(model, mode, beam, batch):
         for i in range(0, len(feats), batch):
             x, lengths = padded(feats[i:i + batch])
             enc, enc_lengths = torch_model.encode(torch.from_numpy(x), torch.from_numpy(lengths))
-            if mode == "batch":
+            if mode == "batch-beam":
                 hyps = dec.recognize_beam_batch(enc, enc_lengths, None, args, char_list)
                 out += [h[0]["yseq"][1:-1] for h in hyps]
             else:  # ESPnet's recognize_beam, one utterance at a time (beam 1 = greedy)
@@ -149,7 +112,7 @@ def main(argv=None) -> int:
         torch_version = torch.__version__
     except ImportError:
         torch_version = None
-    cases = [("greedy", 1, 1), ("beam", 10, 1), ("batch", 10, args.batch)]
+    cases = [("greedy", 1, 1), ("beam", 10, 1), ("batch-beam", 10, args.batch)]
     rows = []
     for mode, beam, batch in cases:
         t_ak, out_ak = timed(attnkit_runner(rec.model, mode, beam, batch), feats, args.repeats)

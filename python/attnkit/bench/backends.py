@@ -1,7 +1,7 @@
-"""Backends: what runs a `Case`. Each turns NumPy inputs into zero-argument callables to time.
+"""Backends: what runs a case. Each turns NumPy inputs into zero-argument callables to time.
 
-Adding a backend: subclass `Backend`, implement `prepare` (and `available`, `supports`,
-`active`, `sync` where needed), and add it to `make_backends`. CUDA backends subclass
+Adding a backend: subclass `Backend`, list the ops it runs in `ops`, implement `prepare` (and
+`available`, `supports`, `active`, `sync` where needed), and add it to `make_backends`. CUDA backends subclass
 `CudaBackend`: they are skipped with a note when attnkit sees no CUDA device, must run on the
 current stream and make `sync()` wait for it (the timer calls it after every sample).
 """
@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 import attnkit
-from attnkit.bench.cases import Case
+from attnkit.bench import decode, espnet_step
+from attnkit.bench.cases import Workload
 
 # A naive implementation that materialises [B, H, Tq, Tk] scores is skipped above this size.
 NUMPY_SCORES_LIMIT = 2 << 30
@@ -24,16 +25,21 @@ NUMPY_SCORES_LIMIT = 2 << 30
 class Backend:
     name = "?"
     device = "cpu"
+    ops: tuple[str, ...] = ("sdpa", "mha", "espnet-step")
 
     def available(self) -> tuple[bool, str]:
         """(usable in this process, note saying why not / what it is)."""
         return True, ""
 
-    def supports(self, case: Case) -> str | None:
+    def supports(self, case: Workload) -> str | None:
         """None if the case can run here, else the reason it is skipped."""
-        return None
+        if case.op in self.ops:
+            return None
+        if case.op == "decode":
+            return "decoding is timed on attnkit only (benchmarks/bench_decode.py runs ESPnet's PyTorch loops)"
+        return f"{self.name} does not run {case.op}"
 
-    def prepare(self, case: Case, copies: list[dict], params: dict | None) -> list[Callable[[], object]]:
+    def prepare(self, case: Workload, copies: list[dict], params: dict | None) -> list[Callable[[], object]]:
         """One callable per input copy; setup (conversions, modules, masks) happens here, untimed."""
         raise NotImplementedError
 
@@ -53,6 +59,8 @@ class Backend:
 
 class AttnkitCPU(Backend):
     """attnkit's public API, with the active ISA, or a forced one (`--isa avx2` -> attnkit[avx2])."""
+
+    ops = ("sdpa", "mha", "espnet-step", "decode")
 
     def __init__(self, isa: str | None = None):
         self.isa = isa
@@ -84,6 +92,10 @@ class AttnkitCPU(Backend):
             attnkit.set_cpu_isa(before)
 
     def prepare(self, case, copies, params):
+        if case.op == "espnet-step":
+            return espnet_step.attnkit_calls(case, copies, params)
+        if case.op == "decode":
+            return decode.attnkit_calls(case, copies)
         if case.op == "sdpa":
             f, causal = attnkit.scaled_dot_product_attention, case.causal
             return [lambda c=c: f(c["q"], c["k"], c["v"], key_lengths=c["key_lengths"], causal=causal)
@@ -139,9 +151,11 @@ class NumpyCPU(Backend):
     def supports(self, case):
         if case.scores_bytes() > NUMPY_SCORES_LIMIT:
             return f"would materialise {case.scores_bytes() / 2**30:.1f} GiB of scores"
-        return None
+        return super().supports(case)
 
     def prepare(self, case, copies, params):
+        if case.op == "espnet-step":
+            return espnet_step.numpy_calls(case, copies, params)
         if case.op == "sdpa":
             return [lambda c=c: numpy_sdpa(c["q"], c["k"], c["v"], c["key_lengths"], case.causal) for c in copies]
         return [lambda c=c: numpy_mha(c["query"], c["key"], c["value"], params, case.H, c["key_lengths"], case.causal)
@@ -152,9 +166,10 @@ class NumpyCPU(Backend):
 
 
 class TorchCPU(Backend):
-    """torch.nn.functional.scaled_dot_product_attention and torch.nn.MultiheadAttention (eval),
-    under torch.inference_mode(). Key lengths become a boolean mask (SDPA, True = attend) or a
-    key_padding_mask (MHA, True = ignore), built once per input copy outside the timing."""
+    """torch.nn.functional.scaled_dot_product_attention, torch.nn.MultiheadAttention (eval) and
+    ESPnet's attention steps in eager ops (`espnet_step.torch_step`), under torch.inference_mode().
+    Key lengths become a boolean mask (SDPA, True = attend) or a key_padding_mask (MHA, True =
+    ignore), built once per input copy outside the timing."""
 
     name = "torch"
 
@@ -170,7 +185,7 @@ class TorchCPU(Backend):
             return f"dtype {case.dtype} not benchmarked"
         if case.op == "mha" and case.causal:
             return "causal multi-head attention is not benchmarked"
-        return None
+        return super().supports(case)
 
     def active(self):
         import torch
@@ -185,6 +200,8 @@ class TorchCPU(Backend):
     def prepare(self, case, copies, params):
         import torch
 
+        if case.op == "espnet-step":
+            return espnet_step.torch_calls(case, copies, params)
         F = torch.nn.functional
         if case.op == "sdpa":
             out = []
@@ -235,6 +252,7 @@ class CudaBackend(Backend):
     and synchronises in `sync` (the timer calls it once per sample, after `inner` launches)."""
 
     device = "cuda"
+    ops = ("sdpa", "mha")
     requires: str | None = None  # Python package needed besides a device
 
     def available(self):

@@ -1,14 +1,28 @@
-"""Benchmark workloads: one `Case` per op x shape x dtype, with analytic FLOP and byte counts.
+"""Benchmark workloads: one case per op x shape x dtype, with analytic FLOP and byte counts.
+
+Ops: "sdpa" and "mha" (`Case`), "espnet-step" (`EspnetStepCase`: one decoder step of an ESPnet
+RNN attention class) and "decode" (`DecodeCase`: end-to-end decoding of audio, timed as a whole
+and reported as a real-time factor, no FLOP count).
 
 Counting conventions (so GFLOP/s means the same thing for every backend):
 
-- FLOPs count only *useful* work: the multiply-adds of ``S = Q K^T`` (2*D per visible query-key
-  pair) and of ``O = P V`` (2*Dv per pair), summed over the pairs that the key lengths and the
-  causal mask leave visible. Non-causal without lengths this is ``4*B*H*Tq*Tk*D`` (D = Dv);
+- sdpa / mha FLOPs count only *useful* work: the multiply-adds of ``S = Q K^T`` (2*D per
+  visible query-key pair) and of ``O = P V`` (2*Dv per pair), summed over the pairs that the key
+  lengths and the causal mask leave visible. Non-causal without lengths this is ``4*B*H*Tq*Tk*D`` (D = Dv);
   causal is about half. A kernel that pays for padded or masked keys shows a lower GFLOP/s.
   Softmax arithmetic is not counted. Multi-head attention adds ``2*rows*in*out`` per projection.
 - Bytes are the compulsory traffic: every input read once and the output written once (weights
   included for multi-head attention). GB/s is meaningful for the memory-bound decoder steps.
+- espnet-step FLOPs count the multiply-adds (2 FLOPs each) of the products one step must do once
+  the per-utterance cache exists (`prepare`, untimed), summed over the valid frames V of the N
+  rows; elementwise work (adds, tanh, softmax) is not counted. With query projection Dz -> A,
+  conv kernel K = 2F+1 over C channels, energy vector A, context E:
+  AttAdd, AttDot ``2*N*Dz*A + V*(2*A + 2*E)``; AttLoc adds ``V*(2*C*K + 2*C*A)``;
+  AttMultiHeadLoc (H heads, A_k = A_v = A; per head the energy vector over A_k and the context
+  over the projected values A_v) ``H*(2*N*Dz*A + V*(2*C*K + 2*C*A + 2*A + 2*A)) + 2*N*H*A*E``
+  (the last term: the output projection). Bytes: the cached keys and values of each utterance
+  read once (not once per row), the step's weights, and per row dec_z, the previous weights
+  (location classes), the new weights and the context.
 """
 from __future__ import annotations
 
@@ -17,11 +31,83 @@ from dataclasses import dataclass
 
 import numpy as np
 
-OPS = ("sdpa", "mha")
+from attnkit.bench import decode, espnet_step
+
+OPS = ("sdpa", "mha", "espnet-step", "decode")
+ATTENTION_OPS = ("sdpa", "mha")
+
+
+class Workload:
+    """What the runner, the backends and the report need of every case (defaults for the ops
+    that have no such notion). Subclasses are frozen dataclasses with `op`, `name` and `dtype`."""
+
+    op: str
+    name: str
+    dtype: str
+    rotate = False  # cycle several input copies (see runner.copies_for)
+    lengths = False
+    causal = False
+
+    @property
+    def label(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def key(self) -> tuple:
+        """Identity used to match records across runs (`attnkit bench compare`)."""
+        return (self.op, self.label, self.dtype)
+
+    @property
+    def series(self) -> str | None:
+        """The label without the sequence length: the cases of one line in the throughput plot."""
+        return None
+
+    @property
+    def seq_len(self) -> int | None:
+        """The x-axis of the throughput plot (keys / encoder frames); None: not plotted."""
+        return None
+
+    def shape(self) -> dict:
+        raise NotImplementedError
+
+    def with_dtype(self, dtype: str) -> "Workload":
+        return dataclasses.replace(self, dtype=dtype)
+
+    def unavailable(self) -> str | None:
+        """None when this case can run in this process, else why not (a missing model file)."""
+        return None
+
+    def key_lengths(self) -> np.ndarray | None:
+        return None
+
+    def flops(self) -> int | None:
+        return None
+
+    def nbytes(self) -> int | None:
+        return None
+
+    def input_bytes(self) -> int:
+        return 0
+
+    def scores_bytes(self) -> int:
+        return 0
+
+    def make_inputs(self, rng: np.random.Generator) -> dict:
+        raise NotImplementedError
+
+    def make_params(self, rng: np.random.Generator) -> dict | None:
+        """Weights shared by all input copies (None: the op has none)."""
+        return None
+
+    def rates(self, seconds: float) -> dict:
+        """Figures derived from the median time of one call: GFLOP/s and GB/s by default."""
+        flops, nbytes = self.flops(), self.nbytes()
+        return {"gflops": None if flops is None else flops / seconds / 1e9,
+                "gbps": None if nbytes is None else nbytes / seconds / 1e9}
 
 
 @dataclass(frozen=True)
-class Case:
+class Case(Workload):
     """One workload. For ``op="sdpa"`` q is [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv].
     For ``op="mha"`` the model size is E = H*D: query [B, Tq, E], key = value [B, Tk, E] (the same
     array; for ``self_attention`` query is that array too, Tq = Tk)."""
@@ -41,8 +127,8 @@ class Case:
     dtype: str = "float32"
 
     def __post_init__(self):
-        if self.op not in OPS:
-            raise ValueError(f"Case: op must be one of {OPS}, got {self.op!r}")
+        if self.op not in ATTENTION_OPS:
+            raise ValueError(f"Case: op must be one of {ATTENTION_OPS}, got {self.op!r}")
         if self.self_attention and self.Tq != self.Tk:
             raise ValueError(f"Case: self-attention needs Tq == Tk, got {self.Tq} and {self.Tk}")
 
@@ -68,18 +154,19 @@ class Case:
         return s + (" lens" if self.lengths else "") + (" causal" if self.causal else "")
 
     @property
-    def key(self) -> tuple:
-        """Identity used to match records across runs (`attnkit bench compare`)."""
-        return (self.op, self.label, self.dtype)
+    def series(self) -> str:
+        s = f"{self.name} D={self.D}" + ("" if self.Dv is None or self.Dv == self.D else f" Dv={self.Dv}")
+        return s + (" lens" if self.lengths else "") + (" causal" if self.causal else "")
+
+    @property
+    def seq_len(self) -> int:
+        return self.Tk
 
     def shape(self) -> dict:
         d = {"B": self.B, "H": self.H, "Tq": self.Tq, "Tk": self.Tk, "D": self.D, "Dv": self.dv}
         if self.op == "mha":
             d["E"] = self.E
         return d
-
-    def with_dtype(self, dtype: str) -> "Case":
-        return dataclasses.replace(self, dtype=dtype)
 
     # ---- counts -------------------------------------------------------------------------------
 
@@ -145,13 +232,180 @@ class Case:
         query = memory if self.self_attention else randn(self.B, self.Tq, self.E)
         return {"query": query, "key": memory, "value": memory, "key_lengths": lens}
 
-    def make_params(self, rng: np.random.Generator) -> dict:
+    def make_params(self, rng: np.random.Generator) -> dict | None:
         """mha weights in torch.nn.MultiheadAttention's layout (shared by all input copies)."""
+        if self.op != "mha":
+            return None
         E, dt = self.E, np.dtype(self.dtype)
         s = 1.0 / np.sqrt(E)
         u = lambda *shape: rng.uniform(-s, s, shape).astype(dt)
         return {"in_proj_weight": u(3 * E, E), "in_proj_bias": u(3 * E),
                 "out_proj.weight": u(E, E), "out_proj.bias": u(E)}
+
+
+ESPNET_CLASSES = ("AttLoc", "AttAdd", "AttDot", "AttMultiHeadLoc")
+LENGTH_STEP = 37  # utterance u of a batch has T - 37 u frames (the first has T, as ESPnet requires)
+
+
+@dataclass(frozen=True)
+class EspnetStepCase(Workload):
+    """One decoder step of an `attnkit.espnet` class for N = utterances x hyps rows (hypotheses
+    of a beam), over T encoder frames, at ESPnet's recipe sizes by default (E = A = Dz = 320,
+    C = 10 channels, F = 100, 4 heads for AttMultiHeadLoc with A_k = A_v = A).
+
+    The per-utterance cache (`prepare`, or the peers' projected encoder) is built outside the
+    timing. Inputs are not rotated: a real search reads the same cache at every step."""
+
+    cls: str
+    utterances: int
+    hyps: int
+    T: int
+    dtype: str = "float32"
+    E: int = 320
+    A: int = 320
+    Dz: int = 320
+    C: int = 10
+    F: int = 100
+    heads: int = 4  # AttMultiHeadLoc only
+
+    op = "espnet-step"
+
+    def __post_init__(self):
+        if self.cls not in ESPNET_CLASSES:
+            raise ValueError(f"EspnetStepCase: cls must be one of {ESPNET_CLASSES}, got {self.cls!r}")
+        if self.T - LENGTH_STEP * (self.utterances - 1) < 1:
+            raise ValueError(f"EspnetStepCase: T must exceed {LENGTH_STEP} * (utterances - 1) = "
+                             f"{LENGTH_STEP * (self.utterances - 1)}, got {self.T}")
+
+    @property
+    def name(self) -> str:
+        return self.cls
+
+    @property
+    def N(self) -> int:
+        return self.utterances * self.hyps
+
+    @property
+    def multi_head(self) -> bool:
+        return self.cls == "AttMultiHeadLoc"
+
+    @property
+    def label(self) -> str:
+        return f"{self.cls} N={self.N} T={self.T}"
+
+    @property
+    def series(self) -> str:
+        return f"{self.cls} N={self.N}"
+
+    @property
+    def seq_len(self) -> int:
+        return self.T
+
+    def shape(self) -> dict:
+        d = {"class": self.cls, "N": self.N, "utterances": self.utterances, "hypotheses": self.hyps, "T": self.T,
+             "E": self.E, "A": self.A, "Dz": self.Dz}
+        if self.cls in ("AttLoc", "AttMultiHeadLoc"):
+            d.update(C=self.C, F=self.F)
+        if self.multi_head:
+            d["heads"] = self.heads
+        return d
+
+    def utterance_lengths(self) -> np.ndarray:
+        return self.T - LENGTH_STEP * np.arange(self.utterances, dtype=np.int64)
+
+    def valid_frames(self) -> int:
+        """V: the valid frames summed over the N rows."""
+        return int(self.hyps * self.utterance_lengths().sum())
+
+    def flops(self) -> int:
+        N, V, A, E, Dz, C, K = self.N, self.valid_frames(), self.A, self.E, self.Dz, self.C, 2 * self.F + 1
+        if self.multi_head:
+            per_head = 2 * N * Dz * A + V * (2 * C * K + 2 * C * A + 2 * A + 2 * A)
+            return self.heads * per_head + 2 * N * self.heads * A * E
+        location = V * (2 * C * K + 2 * C * A) if self.cls == "AttLoc" else 0
+        return 2 * N * Dz * A + V * (2 * A + 2 * E) + location
+
+    def nbytes(self) -> int:
+        U, N, T, A, E, Dz, C, K = self.utterances, self.N, self.T, self.A, self.E, self.Dz, self.C, 2 * self.F + 1
+        if self.multi_head:
+            H = self.heads
+            cache, weights = U * T * H * 2 * A, H * (Dz * A + A + C * K + C * A) + H * A * E
+            state_in, weights_out = H * T, H * T
+        else:
+            loc = self.cls == "AttLoc"
+            cache, weights = U * T * (A + E), Dz * A + A + (C * K + C * A if loc else 0)
+            state_in, weights_out = (T if loc else 0), T
+        return np.dtype(self.dtype).itemsize * (cache + weights + N * (Dz + state_in + weights_out + E))
+
+    def make_inputs(self, rng: np.random.Generator) -> dict:
+        """{"enc" [U, T, E], "lengths" [U], "rows" [N] (utterance of each row), "dec_z" [N, Dz]}."""
+        dt = np.dtype(self.dtype)
+        return {"enc": rng.standard_normal((self.utterances, self.T, self.E), dtype=dt),
+                "lengths": self.utterance_lengths(),
+                "rows": np.repeat(np.arange(self.utterances, dtype=np.int64), self.hyps),
+                "dec_z": rng.standard_normal((self.N, self.Dz), dtype=dt)}
+
+    def make_params(self, rng: np.random.Generator) -> dict:
+        """The class's weights under ESPnet's state_dict names (ESPnet's initialisation)."""
+        return espnet_step.make_attention(self, seed=int(rng.integers(2**31))).state_dict()
+
+
+@dataclass(frozen=True)
+class DecodeCase(Workload):
+    """End-to-end decoding of the bundled sample recordings with an attnkit model directory
+    (default: the bundled model): the encoder and a search (`attnkit.bench.decode.SEARCHES`:
+    "greedy", "beam" = ESPnet's recognize_beam one utterance at a time, "batch-beam" =
+    recognize_beam_batch), `batch` utterances per encoder call. One call decodes every sample;
+    features are computed once beforehand, untimed. Reported as a real-time factor (compute
+    seconds / audio seconds) and utterances per second."""
+
+    search: str
+    beam: int = 1
+    batch: int = 1
+    model: str | None = None  # None: attnkit.asr.recognizer.BUNDLED_MODEL
+    dtype: str = "float32"
+
+    op = "decode"
+
+    def __post_init__(self):
+        if self.search not in decode.SEARCHES:
+            raise ValueError(f"DecodeCase: search must be one of {decode.SEARCHES}, got {self.search!r}")
+        if self.search == "greedy" and self.beam != 1:
+            raise ValueError(f"DecodeCase: beam must be 1 for greedy search, got {self.beam}")
+        if self.beam < 1 or self.batch < 1:
+            raise ValueError(f"DecodeCase: beam and batch must be >= 1, got beam={self.beam}, batch={self.batch}")
+
+    @property
+    def name(self) -> str:
+        return self.search
+
+    @property
+    def label(self) -> str:
+        beam = "" if self.search == "greedy" else f" beam={self.beam}"
+        return f"{self.search}{beam} batch={self.batch}"
+
+    def shape(self) -> dict:
+        return {"search": self.search, "beam": self.beam, "batch": self.batch, "model": str(decode.model_dir(self))}
+
+    def unavailable(self) -> str | None:
+        return decode.missing(self)
+
+    def make_inputs(self, rng: np.random.Generator) -> dict:
+        return decode.load_inputs(self)
+
+    def rates(self, seconds: float) -> dict:
+        utterances, audio_seconds = decode.audio_summary()
+        return {"gflops": None, "gbps": None, "utterances": utterances, "audio_seconds": audio_seconds,
+                "rtf": seconds / audio_seconds, "utt_per_s": utterances / seconds}
+
+
+def espnet_step_case(cls, N, T, **kw) -> EspnetStepCase:
+    """N rows as ESPnet's batch beam search lays them out: up to 10 hypotheses of one utterance,
+    beyond that utterances of 10 hypotheses (N = 40: 4 utterances x 10)."""
+    if N > 10 and N % 10:
+        raise ValueError(f"espnet_step_case: N must be at most 10 or a multiple of 10, got {N}")
+    utterances = 1 if N <= 10 else N // 10
+    return EspnetStepCase(cls, utterances, N // utterances, T, **kw)
 
 
 def sdpa_case(name, B, H, Tq, Tk, D, **kw) -> Case:
@@ -168,7 +422,20 @@ def mha_case(name, B, Tq, Tk, E, H, **kw) -> Case:
 TINY = sdpa_case("tiny", 1, 1, 8, 8, 8, rotate=False)
 
 
-def quick_cases() -> list[Case]:
+def espnet_step_cases() -> list[EspnetStepCase]:
+    """Each class at N = 1, 10 and 40 rows (a single hypothesis, a beam of 10, 4 utterances x 10)
+    and T = 200 and 1000 encoder frames (the issue-3 set, `benchmarks/bench_espnet_step.py`)."""
+    return [espnet_step_case(cls, N, T) for cls in ESPNET_CLASSES for T in (200, 1000) for N in (1, 10, 40)]
+
+
+def decode_cases() -> list[DecodeCase]:
+    """Greedy search an utterance at a time (what `attnkit transcribe` does) and 16 at a time,
+    and ESPnet's batched beam search with beam 10, 16 utterances at a time."""
+    return [DecodeCase("greedy", batch=1), DecodeCase("greedy", batch=16),
+            DecodeCase("batch-beam", beam=10, batch=16)]
+
+
+def quick_cases() -> list[Workload]:
     """`attnkit bench --quick`: one of each workload family, small enough for < 1 minute."""
     return [
         sdpa_case("enc", 8, 4, 512, 512, 64),
@@ -180,13 +447,16 @@ def quick_cases() -> list[Case]:
         TINY,
         mha_case("mha-self", 4, 256, 256, 256, 4, self_attention=True),
         mha_case("mha-cross", 10, 1, 500, 256, 4),
+        espnet_step_case("AttLoc", 10, 200),
+        DecodeCase("greedy", batch=1),
     ]
 
 
-def full_cases() -> list[Case]:
+def full_cases() -> list[Workload]:
     """The full sweep: encoder self-attention up to T=8192 with D 64 and 128, padded and causal
-    variants, decoder steps and beams over one encoder memory, per-call overhead, and multi-head
-    attention at ESPnet Transformer recipe size (d_model 256, 4 heads)."""
+    variants, decoder steps and beams over one encoder memory, per-call overhead, multi-head
+    attention at ESPnet Transformer recipe size (d_model 256, 4 heads), every ESPnet step case
+    and every decoding case."""
     return [
         # encoder self-attention
         sdpa_case("enc", 8, 4, 512, 512, 64),
@@ -210,4 +480,6 @@ def full_cases() -> list[Case]:
         mha_case("mha-self", 8, 512, 512, 256, 4, self_attention=True, lengths=True),
         mha_case("mha-cross", 10, 1, 500, 256, 4),
         mha_case("mha-cross", 4, 10, 500, 256, 4),
+        *espnet_step_cases(),
+        *decode_cases(),
     ]

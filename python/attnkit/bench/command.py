@@ -1,13 +1,16 @@
-"""`attnkit bench` and `attnkit bench compare`: argument parsing on top of the engine."""
+"""`attnkit bench`, `attnkit bench compare` and `attnkit bench plot`: argument parsing on top of
+the engine."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
+from attnkit.bench import plots
 from attnkit.bench.backends import ALL_BACKENDS
 from attnkit.bench.cases import OPS, full_cases, quick_cases
-from attnkit.bench.report import compare
+from attnkit.bench.report import compare, load
 from attnkit.bench.runner import run
 
 DTYPES = ("float32", "float64")
@@ -69,6 +72,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="only cases whose label contains TEXT (repeatable), e.g. --case tiny --case dec-step")
     p.add_argument("--json", metavar="PATH", help="write JSON lines: a header, then one record per case")
     p.add_argument("--markdown", metavar="PATH", help="also write the Markdown table to PATH")
+    p.add_argument("--plot", metavar="DIR", help="also write PNG plots into DIR (needs matplotlib): throughput "
+                                                 "against sequence length, GPU-over-CPU speed-ups")
+    p.add_argument("--model", metavar="DIR", default=None,
+                   help="model directory of the decode workload (default: the bundled model)")
     p.add_argument("--list", action="store_true", help="print the selected cases and exit")
     p.add_argument("--max-seconds", type=_positive, default=None, metavar="S",
                    help=f"time budget per case and backend (default {FULL[0]}, --quick {QUICK[0]})")
@@ -87,23 +94,55 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def select_cases(args) -> list:
     base = quick_cases() if args.quick else full_cases()
     cases = [c for c in base if c.op in args.ops]
+    if args.model is not None:
+        cases = [dataclasses.replace(c, model=args.model) if c.op == "decode" else c for c in cases]
     if args.case:
         cases = [c for c in cases if any(t in c.label for t in args.case)]
     return [c.with_dtype(d) for c in cases for d in args.dtype]
 
 
+def _count(x: int | None, scale: float, unit: str) -> str:
+    return f"{'-':>12} {unit}" if x is None else f"{x / scale:12,.2f} {unit}"
+
+
+def write_plots(records: list[dict], out_dir: str, title: str, command: str) -> None:
+    paths, notes = plots.write_plots(records, out_dir, title)
+    for path in paths:
+        print(f"wrote {path}", file=sys.stderr)
+    for note in notes:
+        print(f"{command}: {note}", file=sys.stderr)
+
+
+def run_compare(args) -> int:
+    try:
+        sys.stdout.write(compare(args.a, args.b))
+    except (OSError, ValueError, KeyError) as e:
+        print(f"attnkit bench compare: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def run_plot(args) -> int:
+    try:
+        header, _, records = load(args.results)
+        write_plots(records, args.out, f"{header['cpu_model']}, {header['date']}", "attnkit bench plot")
+    except (ImportError, OSError, ValueError, KeyError) as e:
+        print(f"attnkit bench plot: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run_bench(args) -> int:
-    if getattr(args, "bench_command", None) == "compare":
-        try:
-            sys.stdout.write(compare(args.a, args.b))
-        except (OSError, ValueError, KeyError) as e:
-            print(f"attnkit bench compare: {e}", file=sys.stderr)
-            return 2
-        return 0
+    command = getattr(args, "bench_command", None)
+    if command == "compare":
+        return run_compare(args)
+    if command == "plot":
+        return run_plot(args)
     cases = select_cases(args)
     if args.list:
         for c in cases:
-            print(f"{c.op:5} {c.label:45} {c.dtype}  {c.flops() / 1e6:12,.2f} MFLOP  {c.nbytes() / 2**20:8.2f} MiB")
+            print(f"{c.op:11} {c.label:45} {c.dtype}  {_count(c.flops(), 1e6, 'MFLOP')}  "
+                  f"{_count(c.nbytes(), 2**20, 'MiB')}")
         return 0
     if not cases:
         print("attnkit bench: no case matches the selection (see --list)", file=sys.stderr)
@@ -113,24 +152,41 @@ def run_bench(args) -> int:
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             print(f"attnkit bench: the folder of {path} must exist", file=sys.stderr)
             return 2
-    result = run(
-        cases,
-        backends=args.backends,
-        isas=args.isa,
-        threads=args.threads,
-        baseline=args.baseline,
-        budget_s=args.max_seconds or budget,
-        warmup_s=args.warmup_seconds or warmup,
-        max_samples=args.repeats,
-        peak_size=args.peak_size,
-        peak_repeats=peak_repeats,
-        rotate_mib=args.rotate_mib,
-        json_path=args.json,
-        markdown_path=args.markdown,
-        progress=not args.no_progress,
-        seed=args.seed,
-        argv=getattr(args, "argv", None),
-    )
+    if args.plot:
+        try:  # fail before the sweep, not after it
+            plots.require_matplotlib()
+        except ImportError as e:
+            print(f"attnkit bench --plot: {e}", file=sys.stderr)
+            return 2
+    try:
+        result = run(
+            cases,
+            backends=args.backends,
+            isas=args.isa,
+            threads=args.threads,
+            baseline=args.baseline,
+            budget_s=args.max_seconds or budget,
+            warmup_s=args.warmup_seconds or warmup,
+            max_samples=args.repeats,
+            peak_size=args.peak_size,
+            peak_repeats=peak_repeats,
+            rotate_mib=args.rotate_mib,
+            json_path=args.json,
+            markdown_path=args.markdown,
+            progress=not args.no_progress,
+            seed=args.seed,
+            argv=getattr(args, "argv", None),
+        )
+    except KeyboardInterrupt:  # while loading the peers, before the first measurement
+        print("attnkit bench: interrupted before anything was measured", file=sys.stderr)
+        return 130
+    if args.plot:
+        try:
+            write_plots(result.records, args.plot, f"{result.header['cpu_model']}, {result.header['date']}",
+                        "attnkit bench --plot")
+        except OSError as e:
+            print(f"attnkit bench --plot: {e}", file=sys.stderr)
+            return 2
     return 130 if result.interrupted else 0
 
 
@@ -141,13 +197,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="benchmark attnkit against NumPy and PyTorch",
         description="Times op x backend x dtype x shape and prints a Markdown table: median and IQR "
                     "per call, GFLOP/s, GB/s, share of this machine's np.matmul peak, and the speed-up "
-                    "over a baseline. `attnkit bench compare A.json B.json` compares two --json runs.",
+                    "over a baseline; decoding as a real-time factor. `attnkit bench compare A.json "
+                    "B.json` compares two --json runs; `attnkit bench plot A.json --out DIR` plots one.",
     )
     add_arguments(p)
-    sub = p.add_subparsers(dest="bench_command", metavar="{compare}")
+    sub = p.add_subparsers(dest="bench_command", metavar="{compare,plot}")
     c = sub.add_parser("compare", help="compare two JSON-lines files written by --json",
                        description="Per matching case, both medians and the speed-up of B over A.")
     c.add_argument("a", metavar="A.json")
     c.add_argument("b", metavar="B.json")
+    pl = sub.add_parser("plot", help="plot a JSON-lines file written by --json (needs matplotlib)",
+                        description="Writes the PNGs of --plot for a saved run: throughput against sequence "
+                                    "length per backend, GPU-over-CPU speed-ups.")
+    pl.add_argument("results", metavar="RESULTS.json")
+    pl.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (created if needed)")
     p.set_defaults(func=run_bench)
     return p

@@ -48,30 +48,62 @@ def preamble(header: dict, peaks: list[dict]) -> list[str]:
     return out
 
 
+def _speedup_column(baseline: str | None) -> str:
+    return f"x vs {baseline}" if baseline else "x vs -"
+
+
+def _iqr(r: dict, scale: float = 1.0) -> str:
+    return fmt((r["q3_us"] - r["q1_us"]) * scale) if r["samples"] >= 3 else f"n={r['samples']}"
+
+
+def _kernel_table(ok: list[dict], baseline: str | None) -> list[str]:
+    head = ["op", "case", "dtype", "thr", "backend", "median us", "IQR us", "GFLOP/s", "GB/s", "% peak",
+            _speedup_column(baseline)]
+    rows = [[r["op"], r["case"], r["dtype"], str(r["threads"]), r["backend"], fmt(r["median_us"]), _iqr(r),
+             fmt(r["gflops"]), fmt(r["gbps"]), fmt(None if r["peak_frac"] is None else 100 * r["peak_frac"], pct=True),
+             fmt(r["speedup"])] for r in ok]
+    return _table(head, rows, right={3, 5, 6, 7, 8, 9, 10}) + [
+        "",
+        f"median and interquartile range per call over timed samples after warm-up; "
+        f"GFLOP/s from useful FLOPs (padded and masked keys not counted); % peak is of the "
+        f"same-dtype np.matmul peak at the same thread count; "
+        f"x vs {baseline or '-'} = baseline median / this median (> 1 is faster)."]
+
+
+def _decode_table(ok: list[dict], baseline: str | None) -> list[str]:
+    head = ["decode", "dtype", "thr", "backend", "utts", "audio s", "median ms", "IQR ms", "RTF", "utt/s",
+            _speedup_column(baseline)]
+    rows = [[r["case"], r["dtype"], str(r["threads"]), r["backend"], str(r["utterances"]), fmt(r["audio_seconds"]),
+             fmt(r["median_us"] * 1e-3), _iqr(r, 1e-3), f"{r['rtf']:.4f}", fmt(r["utt_per_s"]), fmt(r["speedup"])]
+            for r in ok]
+    return _table(head, rows, right={2, 4, 5, 6, 7, 8, 9, 10}) + [
+        "",
+        "decode: encoder and search over all bundled samples per call (features computed beforehand); "
+        "RTF = median compute seconds / audio seconds (< 1 is faster than real time)."]
+
+
 def markdown(header: dict, peaks: list[dict], records: Iterable[dict], baseline: str | None,
              notes: list[str] = (), interrupted: bool = False) -> str:
     records = list(records)
     ok = [r for r in records if r["status"] == "ok"]
-    head = ["op", "case", "dtype", "thr", "backend", "median us", "IQR us", "GFLOP/s", "GB/s", "% peak",
-            f"x vs {baseline}" if baseline else "x vs -"]
-    rows = [[r["op"], r["case"], r["dtype"], str(r["threads"]), r["backend"], fmt(r["median_us"]),
-             fmt(r["q3_us"] - r["q1_us"]) if r["samples"] >= 3 else f"n={r['samples']}", fmt(r["gflops"]), fmt(r["gbps"]),
-             fmt(None if r["peak_frac"] is None else 100 * r["peak_frac"], pct=True),
-             fmt(r["speedup"])] for r in ok]
+    kernels = [r for r in ok if r["op"] != "decode"]
+    decoding = [r for r in ok if r["op"] == "decode"]
     lines = [f"{x}  " for x in preamble(header, peaks)] + [""]
-    lines += _table(head, rows, right={3, 5, 6, 7, 8, 9, 10})
-    lines.append("")
-    lines.append(f"median and interquartile range per call over timed samples after warm-up; "
-                 f"GFLOP/s from useful FLOPs (padded and masked keys not counted); % peak is of the "
-                 f"same-dtype np.matmul peak at the same thread count; "
-                 f"x vs {baseline or '-'} = baseline median / this median (> 1 is faster).")
-    skipped = [r for r in records if r["status"] != "ok"]
+    if kernels or not decoding:
+        lines += _kernel_table(kernels, baseline)
+    if decoding:
+        lines += ([""] if kernels else []) + _decode_table(decoding, baseline)
+    # one line per backend and reason, naming every case it applies to
+    skipped = defaultdict(list)
+    for r in records:
+        if r["status"] != "ok":
+            where = f"{r['op']} {r['case']} {r['dtype']} ({r['threads']} thr)"
+            skipped[r["backend"], r["status"], r["note"]].append(where)
     if notes or skipped:
         lines.append("")
         lines.extend(f"- {n}" for n in notes)
-        for r in skipped:
-            lines.append(f"- {r['backend']} {r['status']} on {r['op']} {r['case']} {r['dtype']} "
-                         f"({r['threads']} thr): {r['note']}")
+        lines.extend(f"- {backend} {status} on {', '.join(cases)}: {note}"
+                     for (backend, status, note), cases in skipped.items())
     if interrupted:
         lines.append("")
         lines.append(f"**Interrupted**: {len(ok)} case(s) measured before Ctrl-C.")

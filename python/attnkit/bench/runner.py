@@ -1,18 +1,19 @@
 """The run loop: threads x cases x backends, with the peak, progress, JSON lines and Ctrl-C."""
 from __future__ import annotations
 
+import functools
 import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 
 import attnkit
 from attnkit.bench import machine
 from attnkit.bench.backends import ALL_BACKENDS, Backend, make_backends
-from attnkit.bench.cases import Case
+from attnkit.bench.cases import Workload
 from attnkit.bench.report import JsonLines, markdown
 from attnkit.bench.timing import measure
 
@@ -33,14 +34,14 @@ class RunResult:
 
 
 class Progress:
-    """tqdm on stderr when installed; else a counter (one rewritten line on a terminal, one line
-    per case otherwise)."""
+    """A progress bar on stderr, only when stderr is a terminal (logs and pipes stay clean):
+    tqdm when installed, else a counter on one rewritten line."""
 
     def __init__(self, total: int, enabled: bool = True):
-        self.total, self.i, self.enabled = total, 0, enabled
+        self.total, self.i = total, 0
+        self.enabled = enabled and sys.stderr.isatty()
         self.bar, self.width = None, 0
-        self.tty = sys.stderr.isatty()
-        if enabled:
+        if self.enabled:
             try:
                 from tqdm import tqdm
 
@@ -53,14 +54,11 @@ class Progress:
             return
         if self.bar is not None:
             self.bar.set_description_str(desc, refresh=True)
-        elif self.tty:
+        else:
             text = f"[{self.i + 1}/{self.total}] {desc}"
             sys.stderr.write("\r" + text.ljust(self.width))
             sys.stderr.flush()
             self.width = len(text)
-        else:
-            sys.stderr.write(f"bench [{self.i + 1}/{self.total}] {desc}\n")
-            sys.stderr.flush()
 
     def done(self) -> None:
         self.i += 1
@@ -70,12 +68,12 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        elif self.enabled and self.tty and self.width:
+        elif self.enabled and self.width:
             sys.stderr.write("\r" + " " * self.width + "\r")
             sys.stderr.flush()
 
 
-def copies_for(case: Case, rotate_bytes: int) -> int:
+def copies_for(case: Workload, rotate_bytes: int) -> int:
     """How many input copies to cycle: enough to span `rotate_bytes` (bigger than the last-level
     cache), at most MAX_COPIES; one for cases that measure hot-cache overhead."""
     if not case.rotate or rotate_bytes <= 0:
@@ -96,7 +94,7 @@ def choose_baseline(requested: str | None, usable: list[Backend], notes: list[st
 
 
 def run(
-    cases: Sequence[Case],
+    cases: Sequence[Workload],
     *,
     backends: Sequence[str] | None = None,
     isas: Sequence[str] | None = None,
@@ -119,8 +117,10 @@ def run(
 
     The Markdown table goes to `out` (default: sys.stdout) and `markdown_path`; JSON lines go to
     `json_path` as they are measured: a header, one "peak" record per thread count and dtype,
-    one "case" record per case x backend x thread count, and a "footer". Ctrl-C stops the run,
-    and what was measured so far is still reported (`RunResult.interrupted`)."""
+    one "case" record per case x backend x thread count, and a "footer". A case that cannot run
+    here (`case.unavailable()`, e.g. no model file) or that a backend does not run gets a
+    "skipped" record with the reason. Ctrl-C stops the run, and what was measured so far is
+    still reported (`RunResult.interrupted`)."""
     notes: list[str] = []
     usable: list[Backend] = []
     described: dict[str, str] = {}
@@ -160,22 +160,26 @@ def run(
                 result.peaks.append(p)
                 writer.write(p)
             for case in cases:
-                rng = np.random.default_rng(seed)
-                ncopies = copies_for(case, int(rotate_mib * 2**20))
-                copies = [case.make_inputs(rng) for _ in range(ncopies)]
-                params = case.make_params(rng) if case.op == "mha" else None
+                unavailable = case.unavailable()
+                # (copies, params), made when the first backend needs them, then shared
+                inputs = functools.cache(lambda case=case: _make_inputs(case, rotate_mib, seed))
                 base_us = None
                 for b in usable:
                     prog.start(f"{case.op} {case.label} {case.dtype} {t}thr {b.name}")
-                    rec = _measure_one(b, case, copies, params, t, peak[case.dtype], base, base_us,
-                                       budget_s=budget_s, warmup_s=warmup_s, max_samples=max_samples)
+                    rec = _record(b, case, t, peak[case.dtype], base)
+                    reason = b.supports(case) or unavailable
+                    if reason is not None:
+                        rec.update(status="skipped", note=reason)
+                    else:
+                        _measure_one(rec, b, case, inputs, base_us,
+                                     budget_s=budget_s, warmup_s=warmup_s, max_samples=max_samples)
                     if b.name == base and rec["status"] == "ok":
                         base_us = rec["median_us"]
                         rec["speedup"] = 1.0
                     result.records.append(rec)
                     writer.write(rec)
                     prog.done()
-                del copies
+                del inputs
     except KeyboardInterrupt:
         result.interrupted = True
     finally:
@@ -201,20 +205,33 @@ def run(
 IDLE_GAP_S = 0.25
 
 
-def _measure_one(b: Backend, case: Case, copies, params, threads: int, peak_gflops: float,
-                 base: str | None, base_us: float | None, **timing) -> dict:
-    rec = {"type": "case", "op": case.op, "case": case.label, "name": case.name, "shape": case.shape(),
-           "lengths": case.key_lengths().tolist() if case.lengths else None, "causal": case.causal,
-           "dtype": case.dtype, "threads": threads, "backend": b.name, "device": b.device,
-           "status": "ok", "note": None, "copies": len(copies), "flops": case.flops(), "bytes": case.nbytes(),
-           "median_us": None, "q1_us": None, "q3_us": None, "min_us": None, "max_us": None,
-           "samples": None, "calls_per_sample": None, "gflops": None, "gbps": None,
-           "peak_gflops": peak_gflops, "peak_frac": None, "baseline": base, "speedup": None}
-    reason = b.supports(case)
-    if reason is not None:
-        rec.update(status="skipped", note=reason)
-        return rec
+def _make_inputs(case: Workload, rotate_mib: float, seed: int) -> tuple[list[dict], dict | None]:
+    rng = np.random.default_rng(seed)
+    ncopies = copies_for(case, int(rotate_mib * 2**20))
+    copies = [case.make_inputs(rng) for _ in range(ncopies)]
+    return copies, case.make_params(rng)
+
+
+def _record(b: Backend, case: Workload, threads: int, peak_gflops: float, base: str | None) -> dict:
+    """A case record with every field, the measured ones None (status "ok" until told otherwise)."""
+    lengths = case.key_lengths()
+    return {"type": "case", "op": case.op, "case": case.label, "name": case.name, "series": case.series,
+            "seq_len": case.seq_len, "shape": case.shape(), "lengths": None if lengths is None else lengths.tolist(),
+            "causal": case.causal, "dtype": case.dtype, "threads": threads, "backend": b.name, "device": b.device,
+            "status": "ok", "note": None, "copies": None, "flops": case.flops(), "bytes": case.nbytes(),
+            "median_us": None, "q1_us": None, "q3_us": None, "min_us": None, "max_us": None,
+            "samples": None, "calls_per_sample": None, "gflops": None, "gbps": None,
+            "peak_gflops": peak_gflops, "peak_frac": None, "audio_seconds": None, "utterances": None,
+            "rtf": None, "utt_per_s": None, "baseline": base, "speedup": None}
+
+
+def _measure_one(rec: dict, b: Backend, case: Workload, inputs: Callable[[], tuple[list[dict], dict | None]],
+                 base_us: float | None, **timing) -> None:
+    """Times `case` on `b` and fills in `rec` (status "error" with the exception when making the
+    inputs or running fails)."""
     try:
+        copies, params = inputs()
+        rec["copies"] = len(copies)
         with b.active():
             calls = b.prepare(case, copies, params)
             # Let the previous backend's worker threads (OpenMP, OpenBLAS, attnkit) finish spinning
@@ -225,12 +242,11 @@ def _measure_one(b: Backend, case: Case, copies, params, threads: int, peak_gflo
         raise
     except Exception as e:  # a backend failing on one case must not end the run
         rec.update(status="error", note=f"{type(e).__name__}: {e}")
-        return rec
-    sec = tm.median_us * 1e-6
+        return
     rec.update(median_us=tm.median_us, q1_us=tm.q1_us, q3_us=tm.q3_us, min_us=tm.min_us, max_us=tm.max_us,
-               samples=tm.samples, calls_per_sample=tm.calls_per_sample,
-               gflops=case.flops() / sec / 1e9, gbps=case.nbytes() / sec / 1e9)
-    rec["peak_frac"] = rec["gflops"] / peak_gflops if peak_gflops else None
+               samples=tm.samples, calls_per_sample=tm.calls_per_sample)
+    rec.update(case.rates(tm.median_us * 1e-6))
+    if rec["gflops"] is not None and rec["peak_gflops"]:
+        rec["peak_frac"] = rec["gflops"] / rec["peak_gflops"]
     if base_us is not None:
         rec["speedup"] = base_us / tm.median_us
-    return rec
