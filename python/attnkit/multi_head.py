@@ -22,6 +22,8 @@ _OP = "multi_head_attention"
 
 
 def _array(op: str, params: dict, key: str, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    if key not in params:
+        raise ValueError(f"{op}: params must hold {key!r} with the keys given, got keys {sorted(params)}")
     value = params[key]
     if not isinstance(value, np.ndarray):
         value = np.asarray(value)

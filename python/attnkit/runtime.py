@@ -1,8 +1,11 @@
 """Runtime configuration: threads, CPU instruction sets, and what this build contains."""
 from __future__ import annotations
 
+import numbers
 import platform
 from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
 
 from attnkit import _core
 
@@ -13,11 +16,15 @@ def get_num_threads() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Sets the number of CPU threads for all later calls (n >= 1). Results are bitwise
+    """Sets the number of CPU threads for all later calls (1 <= n <= 1024). Results are bitwise
     reproducible for a given thread count."""
-    if isinstance(n, bool) or not isinstance(n, int):
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, numbers.Integral):
         raise TypeError(f"set_num_threads: n must be an int, got {type(n).__name__}")
-    _core.set_num_threads(n)
+    if n < 1:
+        raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
+    if n > _core.max_threads:
+        raise ValueError(f"set_num_threads: n must be <= {_core.max_threads} (one OS thread each), got {n}")
+    _core.set_num_threads(int(n))
 
 
 def get_cpu_isa() -> str:
@@ -30,6 +37,8 @@ def set_cpu_isa(name: str) -> None:
 
     Raises ValueError for an unknown name and attnkit.UnsupportedError for one this build or this
     CPU lacks."""
+    if not isinstance(name, str):
+        raise TypeError(f"set_cpu_isa: name must be a str ('portable', 'avx2' or 'avx512'), got {type(name).__name__}")
     _core.set_active_isa(name)
 
 

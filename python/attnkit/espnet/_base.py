@@ -330,7 +330,7 @@ class EspnetAttention:
 
     def _precompute(self, enc: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
         """``keys = enc W_enc^T + b_enc`` ``[B, T, A]`` (most classes)."""
-        return {"keys": enc @ self._p("mlp_enc.weight").T + self._p("mlp_enc.bias")}
+        return {"keys": linear(enc, self._p("mlp_enc.weight"), self._p("mlp_enc.bias"))}
 
     # -- step helpers ------------------------------------------------------------------------------
 
@@ -363,7 +363,7 @@ class EspnetAttention:
             raise TypeError(f"{op}: rows must be a non-empty 1-D integer array [N], got {describe(rows)}")
         if arr.min() < 0 or arr.max() >= batch:
             raise ValueError(f"{op}: rows must lie in [0, B={batch}), got min {arr.min()} and max {arr.max()}")
-        return np.ascontiguousarray(arr, dtype=np.int64)
+        return np.require(arr, np.int64, "CA")  # C-contiguous and aligned, as the kernels read it
 
     def _scaling(self, op: str, scaling) -> float:
         return positive_scalar(op, "scaling", scaling)
@@ -414,6 +414,8 @@ class EncoderProjection(EspnetAttention):
                   values: np.ndarray | None = None, bounds: np.ndarray | None = None):
         """Runs the fused kernel (or its windowed form); returns (context [N, Ev], weights [N, T])."""
         values = prepared.enc if values is None else values
+        if att_in is not None:
+            att_in = np.require(att_in, requirements="CA")  # the caller's state may be any view
         n = rows.shape[0]
         ctx = np.empty((n, values.shape[2]), self._dtype)
         w = np.empty((n, prepared.frames), self._dtype)

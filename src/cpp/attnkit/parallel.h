@@ -8,8 +8,12 @@
 
 namespace attnkit {
 
+// Upper bound of the thread count (setter and ATTNKIT_NUM_THREADS): a pool is one OS thread per
+// count, and asking for millions would exhaust the process.
+constexpr int kMaxThreads = 1024;
+
 int num_threads();
-void set_num_threads(int n);  // n >= 1
+void set_num_threads(int n);  // 1 <= n <= kMaxThreads
 
 // How many parts parallel_for(n, ...) will use.
 int64_t parallel_parts(int64_t n);

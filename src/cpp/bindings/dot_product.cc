@@ -7,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "attnkit/sizes.h"
 #include "bindings/host_array.h"
 #include "bindings/register.h"
 #include "ops/dot_product.h"
@@ -31,16 +32,18 @@ struct Shapes {
   }
 };
 
-// Element strides of a 4-D array for the kernel; an input whose last axis is not contiguous is
-// copied into `storage` first (kernels read rows with vector loads).
-const void* kernel_view(const HostArray& a, std::vector<char>& storage, int64_t strides[3]) {
-  if (a.shape(3) == 1 || a.stride(3) == 1) {
+// Element strides of a 4-D array for the kernel; an input whose last axis is not contiguous, or
+// which is not aligned to its item size, is copied into `storage` first (kernels read rows with
+// vector loads and elements through typed pointers).
+const void* kernel_view(const HostArray& a, std::unique_ptr<char[]>& storage, int64_t strides[3]) {
+  if ((a.shape(3) == 1 || a.stride(3) == 1) && a.aligned()) {
     for (int i = 0; i < 3; ++i) strides[i] = a.stride(i);
     return a.data();
   }
   const int64_t n0 = a.shape(0), n1 = a.shape(1), n2 = a.shape(2), n3 = a.shape(3), item = a.itemsize();
-  storage.resize(size_t(n0 * n1 * n2 * n3 * item));
-  char* dst = storage.data();
+  // A broadcast view can be far larger than the memory behind it: the copy may not fit.
+  storage = allocate_array<char>(checked_product({n0, n1, n2, n3, item}));
+  char* dst = storage.get();
   const char* src = static_cast<const char*>(a.data());
   for (int64_t i0 = 0; i0 < n0; ++i0)
     for (int64_t i1 = 0; i1 < n1; ++i1)
@@ -49,8 +52,37 @@ const void* kernel_view(const HostArray& a, std::vector<char>& storage, int64_t 
           std::memcpy(dst, src + (i0 * a.stride(0) + i1 * a.stride(1) + i2 * a.stride(2) + i3 * a.stride(3)) * item,
                       size_t(item));
   strides[0] = n1 * n2 * n3, strides[1] = n2 * n3, strides[2] = n3;
-  return storage.data();
+  return storage.get();
 }
+
+// An output array: the caller's, or, when it shares memory with an input (or is not aligned to
+// its item size), a contiguous temporary that is copied into it after the kernel (the result is
+// then what it would be without the overlap, NumPy's rule for out=).
+struct Output {
+  const HostArray& array;
+  std::unique_ptr<char[]> temporary;  // null: the kernel writes into array itself
+  int64_t dims[4] = {};
+
+  void* prepare(const std::vector<const HostArray*>& inputs, int64_t strides[3]) {
+    bool shared = !array.aligned();
+    for (const HostArray* in : inputs) shared = shared || (in && array.may_overlap(*in));
+    if (!shared) return array.data();
+    temporary = allocate_array<char>(checked_product({dims[0], dims[1], dims[2], dims[3], array.itemsize()}));
+    strides[0] = dims[1] * dims[2] * dims[3], strides[1] = dims[2] * dims[3], strides[2] = dims[3];
+    return temporary.get();
+  }
+  void finish() const {
+    if (!temporary) return;
+    const int64_t item = array.itemsize(), row = dims[3] * item;
+    const char* src = temporary.get();
+    char* base = static_cast<char*>(array.data());
+    for (int64_t i0 = 0; i0 < dims[0]; ++i0)
+      for (int64_t i1 = 0; i1 < dims[1]; ++i1)
+        for (int64_t i2 = 0; i2 < dims[2]; ++i2, src += row)
+          std::memcpy(base + (i0 * array.stride(0) + i1 * array.stride(1) + i2 * array.stride(2)) * item, src,
+                      size_t(row));
+  }
+};
 
 void check_output(const HostArray& a, const char* name, const Shapes& s, Kind kind, const char* dtype_name,
                   int64_t b, int64_t h, int64_t t, int64_t d, int64_t strides[3]) {
@@ -59,6 +91,8 @@ void check_output(const HostArray& a, const char* name, const Shapes& s, Kind ki
                 (a.ndim() == 4 ? s.of(a) : a.shape_str()));
   if (a.kind() != kind) type_error(std::string(name) + " must have dtype " + dtype_name + ", got " + a.dtype_name());
   if (a.readonly()) value_error(std::string(name) + " must be writeable");
+  if (a.may_self_overlap())
+    value_error(std::string(name) + " must not have overlapping elements (zero or overlapping strides)");
   if (d != 1 && a.stride(3) != 1)
     value_error(std::string(name) + " must have a contiguous last axis, got a stride of " + std::to_string(a.stride(3)) +
                 " elements");
@@ -100,20 +134,19 @@ void sdpa(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle out_o
     value_error(std::string("v must be ") + (three_d ? "[B, Tk, Dv]" : "[B, H, Tk, Dv]") + " with B, H, Tk as in k " +
                 s.of(k) + ", got " + s.of(v));
 
-  std::vector<char> q_copy, k_copy, v_copy;
+  std::unique_ptr<char[]> q_copy, k_copy, v_copy;
   p.q = kernel_view(q, q_copy, p.q_stride);
   p.k = kernel_view(k, k_copy, p.k_stride);
   p.v = kernel_view(v, v_copy, p.v_stride);
 
   HostArray out(out_obj, kOp, "out");
   check_output(out, "out", s, q.kind(), q.dtype_name(), p.B, p.H, p.Tq, p.Dv, p.o_stride);
-  p.o = out.data();
 
   std::unique_ptr<HostArray> weights;
   if (!weights_obj.is_none()) {
     weights = std::make_unique<HostArray>(weights_obj, kOp, "weights");
     check_output(*weights, "weights", s, q.kind(), q.dtype_name(), p.B, p.H, p.Tq, p.Tk, p.w_stride);
-    p.weights = weights->data();
+    if (weights->may_overlap(out)) value_error("out and weights must not share memory");
   }
 
   std::unique_ptr<HostArray> lengths;
@@ -126,8 +159,11 @@ void sdpa(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle out_o
       value_error("key_lengths must have shape (" + std::to_string(p.B) + ",) (one per batch entry), got " +
                   lengths->shape_str());
     const int64_t* data = static_cast<const int64_t*>(lengths->data());
-    if (p.B > 1 && lengths->stride(0) != 1) {
-      for (int64_t b = 0; b < p.B; ++b) lengths_copy.push_back(data[b * lengths->stride(0)]);
+    if ((p.B > 1 && lengths->stride(0) != 1) || !lengths->aligned()) {
+      const char* bytes = static_cast<const char*>(lengths->data());
+      lengths_copy.resize(size_t(p.B));
+      for (int64_t b = 0; b < p.B; ++b)
+        std::memcpy(&lengths_copy[size_t(b)], bytes + b * lengths->stride(0) * 8, 8);
       data = lengths_copy.data();
     }
     p.key_lengths = data;
@@ -146,14 +182,26 @@ void sdpa(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle out_o
     else
       type_error(std::string("mask must be bool (True = keep) or an additive mask of q's dtype, got dtype ") +
                  mask->dtype_name());
+    if (!mask->aligned()) value_error("mask must be aligned to its item size (copy it), got an unaligned view");
     for (int i = 0; i < 4; ++i) p.mask_stride[i] = mask->stride(i);
     p.mask = mask->data();
   }
   p.causal = causal;
   // 0 stands for the default: the Python front door checks a scale the user gives.
   p.scale = scale == 0.0 ? 1.0 / std::sqrt(double(p.D)) : scale;
+
+  const std::vector<const HostArray*> inputs{&q, &k, &v, lengths.get(), mask.get()};
+  Output o{out, {}, {p.B, p.H, p.Tq, p.Dv}};
+  p.o = o.prepare(inputs, p.o_stride);
+  std::unique_ptr<Output> w;
+  if (weights) {
+    w.reset(new Output{*weights, {}, {p.B, p.H, p.Tq, p.Tk}});
+    p.weights = w->prepare(inputs, p.w_stride);
+  }
   nb::gil_scoped_release release;
   scaled_dot_product_attention_cpu(p);
+  o.finish();
+  if (w) w->finish();
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #pragma once
 #include <nanobind/nanobind.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
 
@@ -46,6 +47,33 @@ class HostArray {
       throw ValueError(std::string(op_) + ": " + name_ + " has a stride that is not a multiple of its item size");
     return s / view_.itemsize;
   }
+  // Whether the data pointer is a multiple of the item size (NumPy allows unaligned views, e.g.
+  // np.frombuffer with an offset; kernels read elements through typed pointers).
+  bool aligned() const { return reinterpret_cast<std::uintptr_t>(view_.buf) % std::uintptr_t(view_.itemsize) == 0; }
+  // Bytes [lo, hi) that the array's elements span, as addresses (for overlap tests only).
+  std::uintptr_t extent_lo() const { return extent(false); }
+  std::uintptr_t extent_hi() const { return extent(true); }
+  // True when the two arrays' spans intersect (they may share elements).
+  bool may_overlap(const HostArray& other) const {
+    if (size_is_zero() || other.size_is_zero()) return false;
+    return extent_lo() < other.extent_hi() && other.extent_lo() < extent_hi();
+  }
+  // True when two index tuples could address one element: sorted by |stride|, each axis of
+  // length > 1 must step past everything the faster axes span (a zero stride never does).
+  bool may_self_overlap() const {
+    int axes[64];  // PyBUF_MAX_NDIM
+    int n = 0;
+    for (int i = 0; i < ndim() && n < 64; ++i)
+      if (shape(i) > 1) axes[n++] = i;
+    std::sort(axes, axes + n, [&](int a, int b) { return magnitude(view_.strides[a]) < magnitude(view_.strides[b]); });
+    std::uintptr_t span = std::uintptr_t(view_.itemsize);
+    for (int i = 0; i < n; ++i) {
+      const std::uintptr_t step = magnitude(view_.strides[axes[i]]);
+      if (step < span) return true;
+      span += step * std::uintptr_t(shape(axes[i]) - 1);
+    }
+    return false;
+  }
   std::string shape_str(int skip_axis = -1) const {
     std::string s = "(";
     int n = 0;
@@ -84,6 +112,22 @@ class HostArray {
         return Kind::other_int;
       default: return Kind::other;
     }
+  }
+  static std::uintptr_t magnitude(Py_ssize_t x) { return x < 0 ? std::uintptr_t(0) - std::uintptr_t(x) : std::uintptr_t(x); }
+  bool size_is_zero() const {
+    for (int i = 0; i < ndim(); ++i)
+      if (shape(i) == 0) return true;
+    return false;
+  }
+  std::uintptr_t extent(bool high) const {
+    std::uintptr_t at = reinterpret_cast<std::uintptr_t>(view_.buf);
+    for (int i = 0; i < ndim(); ++i) {
+      const Py_ssize_t s = view_.strides[i];
+      const std::uintptr_t reach = magnitude(s) * std::uintptr_t(shape(i) - 1);
+      if (high && s > 0) at += reach;
+      if (!high && s < 0) at -= reach;
+    }
+    return high ? at + std::uintptr_t(view_.itemsize) : at;
   }
   static bool is_little_endian() {
     const uint16_t one = 1;

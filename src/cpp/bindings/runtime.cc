@@ -43,9 +43,12 @@ void register_runtime(nb::module_& m) {
   m.def("best_isa", [] { return std::string(cpu::isa_name(cpu::best_isa())); });
   m.def("active_isa", [] { return std::string(cpu::isa_name(cpu::active_isa())); });
   m.def("set_active_isa", &cpu::set_active_isa, nb::arg("name"));
+  m.attr("max_threads") = kMaxThreads;
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", [](int n) {
     if (n < 1) throw ValueError("set_num_threads: n must be >= 1, got " + std::to_string(n));
+    if (n > kMaxThreads)
+      throw ValueError("set_num_threads: n must be <= " + std::to_string(kMaxThreads) + ", got " + std::to_string(n));
     set_num_threads(n);
   }, nb::arg("n"));
   m.def("cuda_built", &cuda::built);

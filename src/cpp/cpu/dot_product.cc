@@ -21,6 +21,7 @@
 
 #include "attnkit/parallel.h"
 #include "attnkit/params.h"
+#include "attnkit/sizes.h"
 #include "cpu/arena.h"
 #include "cpu/isa.h"
 #include "cpu/vec.h"
@@ -33,6 +34,9 @@ constexpr int64_t kBlockK = 256;  // S tile of 48x256 floats = 48 KiB, in L2; 12
 constexpr double kLog2e = 1.4426950408889634;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// max that keeps NaN: std::max(m, NaN) returns m, so a row of NaN scores would pass for masked.
+template <typename T> inline T max_or_nan(T m, T x) { return (x > m || x != x) ? x : m; }
 
 template <typename T>
 struct SdpaKernel {
@@ -90,7 +94,7 @@ struct SdpaKernel {
   // the weights row): w = 2^(s - m) / l for j < limit, 0 elsewhere.
   void finish_weights(int64_t b, int64_t h, int64_t i, int64_t limit, T m, T l) const {
     T* row = w + b * p.w_stride[0] + h * p.w_stride[1] + i * p.w_stride[2];
-    const bool empty = !(l > T(0));
+    const bool empty = l == T(0);  // nothing visible; a NaN l (NaN scores) gives NaN weights
     const T inv = empty ? T(0) : T(1) / l;
     const V mv = splat<T>(m), iv = splat<T>(inv);
     int64_t j = 0;
@@ -264,7 +268,11 @@ struct SdpaKernel {
         const T m_old = sc.m[r];
         const T m_new = std::max(m_old, hmax<T>(mx));
         if (m_new == -std::numeric_limits<T>::infinity()) {
-          std::fill(srow, srow + nk_pad, T(0));  // nothing visible yet in this row
+          // Nothing visible yet in this row, unless the vector max dropped NaN scores: a NaN
+          // score poisons the row (m = l = NaN): NaN in, NaN out.
+          if (std::any_of(srow, srow + lim, [](T x) { return x != x; }))
+            sc.m[r] = sc.l[r] = std::numeric_limits<T>::quiet_NaN();
+          std::fill(srow, srow + nk_pad, T(0));
           continue;
         }
         const V mv = splat<T>(m_new);
@@ -277,8 +285,11 @@ struct SdpaKernel {
         const T alpha = exp2v<T>(splat<T>(m_old - m_new))[0];
         sc.l[r] = sc.l[r] * alpha + hsum<T>(sum);
         sc.m[r] = m_new;
-        if (alpha != T(1)) {
-          T* arow = sc.acc + r * Dv_pad;
+        T* arow = sc.acc + r * Dv_pad;
+        if (m_old == -std::numeric_limits<T>::infinity()) {
+          // First visible keys: drop what the row held, 0 x NaN included (V rows it cannot see).
+          std::fill(arow, arow + Dv_pad, T(0));
+        } else if (alpha != T(1)) {
           const V av = splat<T>(alpha);
           for (int64_t c = 0; c < Dv_pad; c += W) store(arow + c, load(arow + c) * av);
         }
@@ -296,10 +307,16 @@ struct SdpaKernel {
     T* ob = o + b * p.o_stride[0] + h * p.o_stride[1];
     for (int64_t r = 0; r < mq; ++r) {
       const T l = sc.l[r];
-      const T inv = l > T(0) ? T(1) / l : T(0);
       const T* arow = sc.acc + r * Dv_pad;
       T* orow = ob + (i0 + r) * p.o_stride[2];
-      for (int64_t c = 0; c < Dv; ++c) orow[c] = arow[c] * inv;
+      // A row that sees no key gets zeros even when its accumulator holds 0 x NaN from the V rows
+      // that other rows of the block see; a NaN l (NaN scores) gives NaN.
+      if (l == T(0)) {
+        std::fill(orow, orow + Dv, T(0));
+      } else {
+        const T inv = T(1) / l;
+        for (int64_t c = 0; c < Dv; ++c) orow[c] = arow[c] * inv;
+      }
       if (wb) finish_weights(b, h, i0 + r, row_lim[r], sc.m[r], l);
     }
   }
@@ -383,7 +400,7 @@ struct SdpaKernel {
     if (w) std::copy(s, s + n, w + b * p.w_stride[0] + h * p.w_stride[1] + i * p.w_stride[2] + j0);
 
     T m = -std::numeric_limits<T>::infinity();
-    for (int64_t t = 0; t < n; ++t) m = std::max(m, s[t]);
+    for (int64_t t = 0; t < n; ++t) m = max_or_nan(m, s[t]);
     std::fill(acc, acc + Dv, T(0));
     if (m == -std::numeric_limits<T>::infinity()) return {m, T(0)};
     const V mv = splat<T>(m);
@@ -430,8 +447,8 @@ struct SdpaKernel {
     std::unique_ptr<Partial[]> partial;
     std::unique_ptr<T[]> partial_acc;
     if (splits > 1) {
-      partial.reset(new Partial[tasks]);
-      partial_acc.reset(new T[tasks * p.Dv]);
+      partial = allocate_array<Partial>(tasks);
+      partial_acc = allocate_array<T>(checked_mul(tasks, p.Dv));
     }
     parallel_for(tasks, [&](int64_t, int64_t begin, int64_t end) {
       void* base = thread_scratch(bytes);
@@ -454,7 +471,7 @@ struct SdpaKernel {
           continue;
         }
         T* orow = o + b * p.o_stride[0] + h * p.o_stride[1] + i * p.o_stride[2];
-        const T inv = pr.l > T(0) ? T(1) / pr.l : T(0);
+        const T inv = pr.l == T(0) ? T(0) : T(1) / pr.l;
         for (int64_t e = 0; e < p.Dv; ++e) orow[e] = acc[e] * inv;
         if (w) finish_weights(b, h, i, lim, pr.m, pr.l);
       }
@@ -464,7 +481,7 @@ struct SdpaKernel {
     for (int64_t row = 0; row < rows; ++row) {
       const int64_t i = row % p.Tq, bh = row / p.Tq, b = bh / p.H, h = bh % p.H;
       T M = -std::numeric_limits<T>::infinity();
-      for (int64_t s = 0; s < splits; ++s) M = std::max(M, partial[row * splits + s].m);
+      for (int64_t s = 0; s < splits; ++s) M = max_or_nan(M, partial[row * splits + s].m);
       T* orow = o + b * p.o_stride[0] + h * p.o_stride[1] + i * p.o_stride[2];
       std::fill(orow, orow + p.Dv, T(0));
       T L = 0;

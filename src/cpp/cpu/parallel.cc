@@ -30,7 +30,7 @@ int default_thread_count() {
   if (const char* env = std::getenv("ATTNKIT_NUM_THREADS")) {
     char* end = nullptr;
     long n = std::strtol(env, &end, 10);
-    if (end != env && *end == '\0' && n >= 1 && n <= 4096) return static_cast<int>(n);
+    if (end != env && *end == '\0' && n >= 1 && n <= kMaxThreads) return static_cast<int>(n);
   }
   cpu_set_t set;
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
@@ -41,18 +41,16 @@ thread_local bool t_inside_pool = false;
 
 class Pool {
  public:
+  // Throws std::system_error when the OS refuses a thread, after joining those already started.
   explicit Pool(int threads) : threads_(threads) {
-    for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
-  }
-  ~Pool() {
-    {
-      std::lock_guard<std::mutex> lock(sleep_mutex_);
-      stop_ = true;
-      generation_.fetch_add(1, std::memory_order_release);
+    try {
+      for (int i = 1; i < threads_; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
+    } catch (...) {
+      stop_workers();
+      throw;
     }
-    sleep_cv_.notify_all();
-    for (auto& w : workers_) w.join();
   }
+  ~Pool() { stop_workers(); }
   int threads() const { return threads_; }
 
   void run(int64_t n, int64_t parts, PartFn fn, void* ctx) {
@@ -86,6 +84,17 @@ class Pool {
   }
 
  private:
+  void stop_workers() {
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      stop_ = true;
+      generation_.fetch_add(1, std::memory_order_release);
+    }
+    sleep_cv_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+  }
+
   void worker_loop(int index) {
     t_inside_pool = true;
     uint64_t seen = 0;
@@ -134,10 +143,23 @@ std::mutex g_pool_mutex;
 std::shared_ptr<Pool> g_pool;
 int g_threads = 0;  // configured count; the pool itself is created on first parallel use
 
+int g_refused_threads = 0;  // a count whose threads the OS refused: not tried again
+
+// The pool for the configured count; null when the OS refuses its threads (the caller then runs
+// the parts inline: same split, same numbers, one thread).
 std::shared_ptr<Pool> get_pool() {
   std::lock_guard<std::mutex> lock(g_pool_mutex);
   if (g_threads == 0) g_threads = default_thread_count();
-  if (!g_pool || g_pool->threads() != g_threads) g_pool = std::make_shared<Pool>(g_threads);
+  if (g_threads == g_refused_threads) return nullptr;
+  if (!g_pool || g_pool->threads() != g_threads) {
+    g_pool.reset();
+    try {
+      g_pool = std::make_shared<Pool>(g_threads);
+    } catch (const std::exception&) {
+      g_refused_threads = g_threads;
+      return nullptr;
+    }
+  }
   return g_pool;
 }
 
@@ -164,7 +186,10 @@ void parallel_for_raw(int64_t n, PartFn fn, void* ctx) {
     return;
   }
   std::shared_ptr<Pool> pool = get_pool();
-  pool->run(n, parts, fn, ctx);
+  if (pool)
+    pool->run(n, parts, fn, ctx);
+  else
+    Pool::run_inline(n, parts, fn, ctx);
 }
 
 }  // namespace attnkit

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "attnkit/errors.h"
+#include "attnkit/sizes.h"
 #include "cpu/isa.h"
 
 namespace attnkit {
@@ -33,6 +34,12 @@ void scaled_dot_product_attention_cpu(const SdpaParams& p) {
            " and max " + std::to_string(*hi));
   }
   if (p.mask_kind != MaskKind::none && !p.mask) fail("mask kind given without a mask");
+  // Broadcast inputs are views that can be far larger than memory. The products that index the
+  // kernel's outputs and scratch (padded per-row outputs; packed K and V, a 2x margin for split
+  // decode partials) must fit in int64: past that no memory could hold them (MemoryError).
+  checked_product({p.B, p.H, p.Tq, std::max(p.D, p.Dv) + 64, 8});
+  if (p.weights) checked_product({p.B, p.H, p.Tq, p.Tk, 8});
+  checked_product({p.Tk + 64, p.D + p.Dv + 128, 16});
   ATTNKIT_CPU_DISPATCH(sdpa_forward, p);
 }
 
