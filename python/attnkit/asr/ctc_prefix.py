@@ -177,19 +177,20 @@ class CTCPrefixScoreBatch:
         return CTCBatchState(r, np.zeros((utt.shape[0], 1), self.dtype), 0, 1)
 
     def __call__(self, last, output_length: int, state: CTCBatchState | None, scoring_ids=None,
-                 att_w=None) -> tuple[np.ndarray, CTCBatchScores]:
+                 att_w=None, utterances=None) -> tuple[np.ndarray, CTCBatchScores]:
         """Scores every row's candidates.
 
         last ``[N]`` each row's last label (sos first); output_length = |g| (equal for all rows);
         state: None first, then ``select_state``'s; scoring_ids ``[N, S]`` the labels to score
         (the others get LOGZERO), None for all O; att_w ``[N, ..., T]`` this step's attention
-        weights (for the window). Returns the increments psi - s ``[N, O]`` and the scores to
-        hand to ``select_state``.
+        weights (for the window); utterances ``[N]`` the utterance of each row (default: rows
+        ``b * W + k`` over all B utterances; the batched search passes fewer once some utterances
+        have stopped). Returns the increments psi - s ``[N, O]`` and the scores to hand to
+        ``select_state``.
         """
         last = np.asarray(last)
         n = last.shape[0]
-        hyps = n // self.batch
-        utt = np.arange(n) // hyps
+        utt = np.arange(n) // (n // self.batch) if utterances is None else np.asarray(utterances)
         if state is None:
             state = self._initial(utt)
         r_prev, s_prev, f_min_prev, f_max_prev = state
@@ -234,7 +235,11 @@ class CTCPrefixScoreBatch:
         n = scores.psi.shape[0]
         hyps = n // B
         src = (best_ids // self.odim + (np.arange(B) * hyps)[:, None]).reshape(-1)
-        label = (best_ids % self.odim).reshape(-1)
+        return self.select_rows(scores, src, (best_ids % self.odim).reshape(-1))
+
+    def select_rows(self, scores: CTCBatchScores, src, label) -> CTCBatchState:
+        """The states of rows ``src [M]`` extended by ``label [M]`` (``select_state`` with the
+        source rows spelt out)."""
         s_new = scores.psi[src, label][:, None]
         col = label if scores.slot is None else np.maximum(scores.slot[src, label], 0)
         return CTCBatchState(scores.r[:, :, src, col], s_new, scores.f_min, scores.f_max)
