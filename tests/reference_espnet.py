@@ -761,3 +761,21 @@ def weights_from_state(cls_name, state):
     if kind == "heads_list":
         return np.stack(state, axis=1)
     return state
+
+
+def ctor_args(cls, E, Dz, A, C, F, H, W, O, Av=None):
+    """The constructor arguments of ESPnet's class ``cls`` (and attnkit's), in ESPnet's order."""
+    Av = Av or A
+    if cls == "NoAtt":
+        return ()
+    if cls in ("AttDot", "AttAdd", "AttCov"):
+        return (E, Dz, A)
+    if cls in ("AttLoc", "AttLocRec", "AttCovLoc", "AttForward", "GDCAttLoc"):
+        return (E, Dz, A, C, F)
+    if cls == "AttLoc2D":
+        return (E, Dz, A, W, C, F)
+    if cls in ("AttMultiHeadDot", "AttMultiHeadAdd"):
+        return (E, Dz, H, A, Av)
+    if cls in ("AttMultiHeadLoc", "AttMultiHeadMultiResLoc"):
+        return (E, Dz, H, A, Av, C, F)
+    return (E, Dz, A, C, F, O)  # AttForwardTA

@@ -19,19 +19,7 @@ TOL = {np.float64: 1e-10, np.float32: 1e-4}
 
 
 def attention_args(cls):
-    if cls == "NoAtt":
-        return ()
-    if cls in ("AttDot", "AttAdd", "AttCov"):
-        return (E, DZ, A)
-    if cls in ("AttLoc", "AttLocRec", "AttCovLoc", "AttForward", "GDCAttLoc"):
-        return (E, DZ, A, C, F)
-    if cls == "AttLoc2D":
-        return (E, DZ, A, W, C, F)
-    if cls in ("AttMultiHeadDot", "AttMultiHeadAdd"):
-        return (E, DZ, H, A, A)
-    if cls in ("AttMultiHeadLoc", "AttMultiHeadMultiResLoc"):
-        return (E, DZ, H, A, A, C, F)
-    return (E, DZ, A, C, F, V)         # AttForwardTA: out_prev is the fed token's one-hot
+    return ref.ctor_args(cls, E, DZ, A, C, F, H, W, V)  # AttForwardTA: out_prev is the fed token's one-hot
 
 
 def decoder_params(rng, layers, rnn, context_residual, embed_dim=DZ):

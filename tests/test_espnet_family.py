@@ -36,30 +36,13 @@ D = dict(E=7, Dz=5, A=6, C=3, F=4, H=3, W=3, O=4)
 # helpers
 # --------------------------------------------------------------------------------------------------
 
-def ctor_args(cls, E, Dz, A, C, F, H, W, O, Av=None):
-    Av = Av or A
-    if cls == "NoAtt":
-        return ()
-    if cls in ("AttDot", "AttAdd", "AttCov"):
-        return (E, Dz, A)
-    if cls in ("AttLoc", "AttLocRec", "AttCovLoc", "AttForward", "GDCAttLoc"):
-        return (E, Dz, A, C, F)
-    if cls == "AttLoc2D":
-        return (E, Dz, A, W, C, F)
-    if cls in ("AttMultiHeadDot", "AttMultiHeadAdd"):
-        return (E, Dz, H, A, Av)
-    if cls in ("AttMultiHeadLoc", "AttMultiHeadMultiResLoc"):
-        return (E, Dz, H, A, Av, C, F)
-    return (E, Dz, A, C, F, O)  # AttForwardTA
-
-
 def make(cls, dtype=np.float64, seed=0, F=D["F"], Av=None, module=ek, **opts):
     """(module, float64 params): a core (or compat) module holding ref.make_params weights."""
     d = dict(D, F=F)
     p64 = ref.make_params(cls, np.random.default_rng(seed), d["E"], d["Dz"], d["A"], d["C"], F, d["H"], d["W"],
                           d["O"], att_dim_v=Av)
     p = {k: v.astype(dtype) for k, v in p64.items()}
-    args = ctor_args(cls, d["E"], d["Dz"], d["A"], d["C"], F, d["H"], d["W"], d["O"], Av)
+    args = ref.ctor_args(cls, d["E"], d["Dz"], d["A"], d["C"], F, d["H"], d["W"], d["O"], Av)
     if module is ek:
         return getattr(ek, cls)(*args, dtype=dtype, params=p, **opts), {k: v.astype(np.float64) for k, v in p.items()}
     m = getattr(compat, cls)(*args, dtype=dtype, **opts)

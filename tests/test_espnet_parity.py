@@ -11,6 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 att_mod = pytest.importorskip("espnet.nets.pytorch_backend.rnn.attentions")
 
+from reference_espnet import ctor_args  # noqa: E402
 from torch_convert import to_np, to_t  # noqa: E402
 
 from attnkit.espnet import compat  # noqa: E402
@@ -26,19 +27,7 @@ E, DZ, A, C, F, H, W, O = 7, 5, 6, 3, 10, 3, 3, 4  # F=10: kernel 21 wider than 
 
 
 def args(cls):
-    if cls == "NoAtt":
-        return ()
-    if cls in ("AttDot", "AttAdd", "AttCov"):
-        return (E, DZ, A)
-    if cls in ("AttLoc", "AttLocRec", "AttCovLoc", "AttForward", "GDCAttLoc"):
-        return (E, DZ, A, C, F)
-    if cls == "AttLoc2D":
-        return (E, DZ, A, W, C, F)
-    if cls in ("AttMultiHeadDot", "AttMultiHeadAdd"):
-        return (E, DZ, H, A, A)
-    if cls in ("AttMultiHeadLoc", "AttMultiHeadMultiResLoc"):
-        return (E, DZ, H, A, A, C, F)
-    return (E, DZ, A, C, F, O)
+    return ctor_args(cls, E, DZ, A, C, F, H, W, O)
 
 
 def pair(cls, dtype, han_mode=False, seed=0):
