@@ -143,3 +143,12 @@ def test_bundled_model_transcribes_its_samples():
     rec = Recognizer()
     for path in samples:
         assert rec.transcribe_file(path).text == refs[path.name].strip(), path.name
+
+
+def test_transcribe_samples_checks_its_input(model_dir):
+    rec = Recognizer(model_dir)
+    assert rec.transcribe(tone(0.5)).audio_seconds == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="samples must be a 1-D array of finite values .* with NaN"):
+        rec.transcribe(np.full(8000, np.nan, np.float32))
+    with pytest.raises(ValueError, match=r"got shape \(8000, 2\)"):
+        rec.transcribe(tone(0.5, channels=2))

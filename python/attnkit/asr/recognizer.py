@@ -106,7 +106,13 @@ class Recognizer:
 
     def transcribe(self, samples) -> Transcript:
         """samples: float32 mono ``[S]`` in [-1, 1] at ``sample_rate``."""
-        return self._transcribe(np.asarray(samples, np.float32), time.perf_counter(), "samples")
+        start = time.perf_counter()
+        samples = np.asarray(samples, np.float32)
+        if samples.ndim != 1 or not np.all(np.isfinite(samples)):
+            raise ValueError(f"Recognizer.transcribe: samples must be a 1-D array of finite values (mono audio at "
+                             f"{self.sample_rate} Hz), got shape {samples.shape}"
+                             + ("" if samples.ndim != 1 else " with NaN or infinity"))
+        return self._transcribe(samples, start, "samples")
 
     def _transcribe(self, samples: np.ndarray, start: float, what: str) -> Transcript:
         feats = self.features(samples)
