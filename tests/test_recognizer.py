@@ -152,3 +152,18 @@ def test_transcribe_samples_checks_its_input(model_dir):
         rec.transcribe(np.full(8000, np.nan, np.float32))
     with pytest.raises(ValueError, match=r"got shape \(8000, 2\)"):
         rec.transcribe(tone(0.5, channels=2))
+
+
+def test_cli_plot_without_matplotlib_is_a_clear_error(model_dir, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert main(["transcribe", "--model", str(model_dir), "--plot", "/tmp/never"]) == 2
+    assert "--plot needs matplotlib" in capsys.readouterr().err

@@ -43,9 +43,14 @@ def run_transcribe(args) -> int:
     if not files:
         print("attnkit transcribe: no files given and no bundled samples found", file=sys.stderr)
         return 2
-    recognizer = _recognizer(args)
     if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (checked before any file is decoded)
+        except ImportError:
+            print("attnkit transcribe: --plot needs matplotlib: pip install 'attnkit[plot]'", file=sys.stderr)
+            return 2
         from attnkit.plot import plot_attention
+    recognizer = _recognizer(args)
     failed = 0
     records = []
     for path in _progress(files, "transcribe"):
