@@ -15,12 +15,11 @@ it works in seconds.
 """
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
 import sys
 
-from attnkit.bench import run, sdpa_case
+from attnkit.bench import sdpa_case
+
+from suite import run_suite
 
 CASES = [
     sdpa_case("enc", 8, 4, 512, 512, 64),
@@ -31,34 +30,10 @@ CASES = [
     sdpa_case("tiny", 1, 1, 8, 8, 8, rotate=False),
 ]
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
-    p.add_argument("--max-seconds", type=float, default=1.0, help="time budget per case and backend (default 1)")
-    p.add_argument("--out-dir", default=RESULTS, help=f"where the .json and .md go (default {RESULTS})")
-    p.add_argument("--baseline", default="torch", help="ratios against this backend (default torch, else numpy)")
-    p.add_argument("--no-progress", action="store_true")
-    args = p.parse_args(argv)
-
-    os.makedirs(args.out_dir, exist_ok=True)
-    stem = os.path.join(args.out_dir, f"{datetime.date.today().isoformat()}-cpu-sdpa")
-    result = run(
-        CASES,
-        backends=["attnkit", "numpy", "torch"],
-        threads=[int(t) for t in args.threads.split(",")],
-        baseline=args.baseline,
-        budget_s=args.max_seconds,
-        warmup_s=min(0.1, args.max_seconds),
-        json_path=stem + ".json",
-        markdown_path=stem + ".md",
-        progress=not args.no_progress,
-        argv=["benchmarks/bench_sdpa.py", *(sys.argv[1:] if argv is None else argv)],
-    )
-    print(f"wrote {stem}.json and {stem}.md", file=sys.stderr)
-    return 130 if result.interrupted else 0
+    return run_suite("sdpa", CASES, description=__doc__.split("\n\n")[0], default_budget_s=1.0,
+                     script="benchmarks/bench_sdpa.py", argv=argv)
 
 
 if __name__ == "__main__":
