@@ -3,10 +3,10 @@
 //   1. location features f[row][c][t] for the valid frames (conv with 2 frame vectors x 5
 //      channels of accumulators, so each load of the padded weights feeds 5 FMAs);
 //   2. energies block by block of 8 frames, the rows of the slice inner, so each block of the
-//      utterance's projection P (8 frames x A) is read from memory once for the whole beam:
-//      the pre-activations X = P + q + bias + f proj^T of the block go to an L1-resident
-//      scratch through a register-tiled product (4 frames x 2 vectors of A), then
-//      e = gvec . tanh(X) in one streaming pass;
+//      utterance's projection P (8 frames x A, copied once into an L1-resident, zero-padded
+//      buffer) serves the whole beam: the pre-activations X = P + q + bias + f proj^T come out of
+//      a register-tiled product (4 frames x 2 vectors of A) and go through the tanh and the
+//      gvec dot product without leaving the registers;
 //   3. masked softmax with the scaling, and the context of up to 4 rows at once, so each
 //      vector of the values feeds 4 rows.
 // Nothing of size [N, T, A] is materialised.
@@ -29,7 +29,7 @@ namespace {
 constexpr int64_t kMaxRowsPerTask = 8;  // beam rows sharing each P block
 constexpr int64_t kFrameBlock = 8;      // frames per P block (8 x 320 floats = 10 KiB)
 constexpr int kTileFrames = 4;          // pre-activation register tile: 4 frames ...
-constexpr int kTileVecs2 = 2;           // ... x 2 vectors of A (8 accumulators)
+constexpr int kAVecs = 2;               // ... x 2 vectors of A (8 accumulators)
 constexpr int kConvChans = 5;           // conv register tile: 5 channels ...
 constexpr int kConvVecs = 2;            // ... x 2 vectors of frames (10 accumulators)
 constexpr int kCtxRows = 4;             // context register tile: 4 rows ...
@@ -70,7 +70,7 @@ struct AdditiveKernel {
         conv_w(static_cast<const T*>(params.conv_w)),
         gvec(static_cast<const T*>(params.gvec)) {
     // Whole register tiles of A (2 vectors); the pads are zero in every A-sized operand.
-    A_pad = (p.A + kTileVecs2 * W - 1) / (kTileVecs2 * W) * (kTileVecs2 * W);
+    A_pad = (p.A + kAVecs * W - 1) / (kAVecs * W) * (kAVecs * W);
     F = (p.K - 1) / 2;
     // Whole conv tiles of frames (they also cover the 4-frame tiles of the energies).
     const int64_t frame_quantum = kConvVecs * W;
@@ -134,8 +134,8 @@ struct AdditiveKernel {
     for (int k0 = 0; k0 < nf; k0 += kTileFrames) {
       V s[kTileFrames] = {};
       const T* fk0 = f + t0 + k0;  // f is padded: 4 frames readable past nf
-      for (int64_t a = 0; a < A_pad; a += kTileVecs2 * W) {
-        V acc[kTileFrames][kTileVecs2];
+      for (int64_t a = 0; a < A_pad; a += kAVecs * W) {
+        V acc[kTileFrames][kAVecs];
         const V q0 = load(qb + a), q1 = load(qb + a + W);
         for (int k = 0; k < kTileFrames; ++k) {
           acc[k][0] = load(Pblk + (k0 + k) * A_pad + a) + q0;
