@@ -15,9 +15,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from attnkit._arrays import describe, host_float_array, lengths_array
+from attnkit._arrays import describe
 from attnkit._core import UnsupportedError
-from attnkit.asr.params import checked_params, float_dtype, with_prefix
+from attnkit.asr.params import checked_params, float_dtype, padded_batch, with_prefix
 from attnkit.asr.rnn import PackedRNN, packed_rnn_shapes
 from attnkit.asr.subsampling import Conv2dSubsampling, VGG2L, ceil_half, zero_past
 from attnkit.espnet._kernels import linear
@@ -265,11 +265,7 @@ class RNNEncoder:
 
     def __call__(self, x: np.ndarray, lengths=None) -> tuple[np.ndarray, np.ndarray]:
         op = type(self).__name__
-        x = host_float_array(op, "x", x, (3,))
-        B, T, F = x.shape
-        if F != self.input_size:
-            raise ValueError(f"{op}: x must have shape [B, T, {self.input_size}] (input_size), got {x.shape}")
-        lengths = np.full(B, T, np.int64) if lengths is None else lengths_array(op, "lengths", lengths, B, T, "T")
+        x, lengths = padded_batch(op, x, lengths, self.input_size, what=" (input_size)")
         if self.output_lengths(lengths).min() < 1:
             raise ValueError(f"{op}: lengths must be >= {self.min_length()} (shorter input leaves no encoder "
                              f"frame), got {lengths.tolist()}")

@@ -18,12 +18,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from attnkit._arrays import describe, host_float_array, lengths_array
+from attnkit._arrays import describe, host_float_array
 from attnkit._core import UnsupportedError
 from attnkit.asr.decoder import RNNDecoder
 from attnkit.asr.encoder import RNNEncoder, encoder_conf_with_defaults
 from attnkit.asr.normalize import GlobalMVN
-from attnkit.asr.params import checked_params, float_dtype, with_prefix
+from attnkit.asr.params import checked_params, float_dtype, padded_batch, with_prefix
 from attnkit.asr.rnn import GATES
 from attnkit.espnet._kernels import linear
 from attnkit.espnet.factory import initial_att
@@ -319,12 +319,7 @@ class AsrModel:
         ``ESPnetASRModel.encode`` (normalize, then the encoder) on each utterance; T' =
         max(enc_lengths) and enc = 0 past each length."""
         op = "AsrModel.encode"
-        feats = host_float_array(op, "feats", feats, (3,))
-        B, T, F = feats.shape
-        if F != self.config.input_size:
-            raise ValueError(f"{op}: feats must have shape [B, T, {self.config.input_size}] (input_size), "
-                             f"got {feats.shape}")
-        lengths = np.full(B, T, np.int64) if lengths is None else lengths_array(op, "lengths", lengths, B, T, "T")
+        feats, lengths = padded_batch(op, feats, lengths, self.config.input_size, name="feats", what=" (input_size)")
         x = feats.astype(self.dtype, copy=False)
         if self.normalize is not None:
             x, lengths = self.normalize(x, lengths)

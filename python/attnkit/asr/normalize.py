@@ -5,8 +5,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from attnkit._arrays import host_float_array, lengths_array
-from attnkit.asr.params import checked_params, float_dtype
+from attnkit.asr.params import checked_params, float_dtype, padded_batch
 
 
 class GlobalMVN:
@@ -33,15 +32,11 @@ class GlobalMVN:
 
     def __call__(self, x: np.ndarray, lengths=None) -> tuple[np.ndarray, np.ndarray]:
         op = type(self).__name__
-        x = host_float_array(op, "x", x, (3,))
-        B, T, F = x.shape
-        if F != self.size:
-            raise ValueError(f"{op}: x must have shape [B, T, {self.size}], got {x.shape}")
-        lengths = np.full(B, T, np.int64) if lengths is None else lengths_array(op, "lengths", lengths, B, T, "T")
+        x, lengths = padded_batch(op, x, lengths, self.size)
         x = x.astype(self.dtype)  # a copy: the caller's features stay as they were
         if self.norm_means:
             x -= self.params["mean"]
-        x[np.arange(T)[None, :] >= lengths[:, None]] = 0
+        x[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0
         if self.norm_vars:
             x /= self.params["std"]
         return x, lengths

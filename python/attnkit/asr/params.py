@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from attnkit._arrays import describe
+from attnkit._arrays import describe, host_float_array, lengths_array
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -73,3 +73,14 @@ def checked_params(op: str, params: Mapping[str, Any], shapes: Mapping[str, tupl
         arr.flags.writeable = False
         out[name] = arr
     return out
+
+
+def padded_batch(op: str, x, lengths, features: int, *, name: str = "x", what: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """A padded batch of feature sequences: ``x [B, T, features]`` (a host float array) and int64
+    lengths ``[B]`` in [0, T] (all T when None). ``what`` is added to the shape in the message."""
+    x = host_float_array(op, name, x, (3,))
+    B, T, F = x.shape
+    if F != features:
+        raise ValueError(f"{op}: {name} must have shape [B, T, {features}]{what}, got {x.shape}")
+    lengths = np.full(B, T, np.int64) if lengths is None else lengths_array(op, "lengths", lengths, B, T, "T")
+    return x, lengths

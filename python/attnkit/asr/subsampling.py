@@ -18,8 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from attnkit._arrays import host_float_array, lengths_array
-from attnkit.asr.params import checked_params, float_dtype
+from attnkit.asr.params import checked_params, float_dtype, padded_batch
 from attnkit.espnet._kernels import linear
 
 # im2col copies are made in pieces of at most this many elements (64 MB in float32), so a long
@@ -83,14 +82,6 @@ def positional_encoding(frames: int, size: int) -> np.ndarray:
     return pe
 
 
-def _check_input(op: str, x, lengths, features: int) -> tuple[np.ndarray, np.ndarray]:
-    x = host_float_array(op, "x", x, (3,))
-    B, T, F = x.shape
-    if F != features:
-        raise ValueError(f"{op}: x must have shape [B, T, {features}], got {x.shape}")
-    lengths = np.full(B, T, np.int64) if lengths is None else lengths_array(op, "lengths", lengths, B, T, "T")
-    return x, lengths
-
 
 class Conv2dSubsampling:
     """ESPnet's ``Conv2dSubsampling`` (espnet/nets/pytorch_backend/transformer/subsampling.py).
@@ -129,7 +120,7 @@ class Conv2dSubsampling:
 
     def __call__(self, x: np.ndarray, lengths=None) -> tuple[np.ndarray, np.ndarray]:
         op = type(self).__name__
-        x, lengths = _check_input(op, x, lengths, self.idim)
+        x, lengths = padded_batch(op, x, lengths, self.idim)
         out_lengths = self.reduce(lengths)
         if out_lengths.min() < 1:
             raise ValueError(f"{op}: lengths must be >= 7 (shorter input leaves no frame after 4x "
@@ -184,7 +175,7 @@ class VGG2L:
 
     def __call__(self, x: np.ndarray, lengths=None) -> tuple[np.ndarray, np.ndarray]:
         op = type(self).__name__
-        x, lengths = _check_input(op, x, lengths, self.idim)
+        x, lengths = padded_batch(op, x, lengths, self.idim)
         B, T, D = x.shape
         c = self.in_channel
         h = x.astype(self.dtype).reshape(B, T, c, D // c).transpose(0, 1, 3, 2)  # [B, T, F, C]
