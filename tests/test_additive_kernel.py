@@ -83,7 +83,8 @@ def test_kernel_errors_name_the_argument(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("N,K,A", [(1, 1, 1), (3, 7, 5), (10, 320, 320), (41, 33, 130)])
+# Tiles: one row x W outputs (N = 1, or a last block of one row: N = 17), two rows x W/2.
+@pytest.mark.parametrize("N,K,A", [(1, 1, 1), (1, 19, 45), (3, 7, 5), (10, 320, 320), (17, 9, 37), (41, 33, 130)])
 def test_step_linear_matches_numpy(isa, rng, dtype, N, K, A):
     from attnkit.espnet._kernels import linear
 

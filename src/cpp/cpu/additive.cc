@@ -40,13 +40,22 @@ constexpr double kLog2e = 1.4426950408889634;
 // tanh(x) = 1 - 2 / (e^(2x) + 1), and the constant part sum(g) is added once per frame. The
 // kernel works on y directly (P, q, bias and proj are scaled by 2 log2(e) on their way in, the
 // products being linear), clamped where tanh is 1 to working precision (|x| = 9 in float32,
-// 19.5 in float64); NaN passes through. A true division: it runs on Zen 3's divider beside the
-// multiply pipes, which the FMAs of the loop saturate (an estimate plus a Newton step would add
-// two multiplies per vector).
+// 19.5 in float64); NaN passes through. g / (2^y + 1) is one true division: it runs on Zen 3's
+// divider beside the FMA pipes, which the projection saturates (an estimate plus a Newton step
+// would add two FMA-pipe operations per vector), and it absorbs the multiply by g.
 constexpr double kTwoLog2e = 2 * kLog2e;
-template <typename T> inline Vec<T> sigmoid_neg_y(Vec<T> y) {
+// q[j] = g[j] / (2^y[j] + 1) for J vectors, stage by stage: the J independent chains interleave
+// in the instruction stream (a tanh is a ~50-cycle chain; one vector after the other, the
+// scheduler filled up with waiting operations: 530 -> 487 us per AttLoc step, benchmarks/NOTES.md).
+template <typename T, int J> inline void weighted_sigmoids(const Vec<T>* y, const Vec<T>* g, Vec<T>* q) {
+  using C = Exp2Consts<T>;
   const T lim = sizeof(T) == 8 ? T(19.5 * kTwoLog2e) : T(9 * kTwoLog2e);
-  return T(1) / (exp2_small<T>(clamp<T>(y, -lim, lim)) + T(1));
+  Vec<T> yc[J], r[J], f[J];
+  for (int j = 0; j < J; ++j) yc[j] = clamp<T>(y[j], -lim, lim);
+  for (int j = 0; j < J; ++j) r[j] = yc[j] + C::kRound;  // 2^n as in exp2_small
+  for (int j = 0; j < J; ++j) f[j] = exp2_poly(yc[j] - (r[j] - C::kRound));
+  for (int j = 0; j < J; ++j) f[j] = from_bits<T>(bits_of<T>(f[j]) + (bits_of<T>(r[j]) << C::kMantissa)) + T(1);
+  for (int j = 0; j < J; ++j) q[j] = g[j] / f[j];
 }
 
 template <typename T>
@@ -127,7 +136,7 @@ struct AdditiveKernel {
   // e[t0 + k] for k < nf (the frames of one block), row n: gvec . tanh(X[k]) with
   // y = 2 log2(e) X[k], X[k] = P[k] + q[n] + bias + sum_c f[c][t0 + k] proj[:, c], from Pblk (the block's rows of P)
   // and qb = q[n] + bias, both zero-padded to A_pad. Register tiles of 4 frames x 2 vectors of A:
-  // the tile's pre-activations never leave the registers before the tanh. Frames past nf are
+  // the tile's pre-activations go through the tanh straight from the registers. Frames past nf are
   // computed on zero rows and dropped.
   void energies(const T* Pblk, const T* qb, int64_t t0, int nf, const T* f, T* e) const {
     const T* g = gvec_pad.data();
@@ -151,9 +160,19 @@ struct AdditiveKernel {
             acc[k][1] += fk * p1;
           }
         }
-        const V g0 = load(g + a), g1 = load(g + a + W);
-        for (int k = 0; k < kTileFrames; ++k)
-          s[k] += g0 * sigmoid_neg_y<T>(acc[k][0]) + g1 * sigmoid_neg_y<T>(acc[k][1]);
+        // The tile's 8 vectors through the tanh at once, vector v * kTileFrames + k = acc[k][v].
+        V y[kAVecs * kTileFrames], gv[kAVecs * kTileFrames], qv[kAVecs * kTileFrames];
+        for (int v = 0; v < kAVecs; ++v)
+          for (int k = 0; k < kTileFrames; ++k) {
+            y[v * kTileFrames + k] = acc[k][v];
+            gv[v * kTileFrames + k] = load(g + a + v * W);
+          }
+        weighted_sigmoids<T, kAVecs * kTileFrames>(y, gv, qv);
+        for (int k = 0; k < kTileFrames; ++k) {
+          V sum = qv[k];
+          for (int v = 1; v < kAVecs; ++v) sum += qv[v * kTileFrames + k];
+          s[k] += sum;
+        }
       }
       for (int k = 0; k < kTileFrames && k0 + k < nf; ++k) e[t0 + k0 + k] = gvec_sum - T(2) * hsum<T>(s[k]);
     }

@@ -1,6 +1,9 @@
 // Linear layer for a handful of rows (LinearParams), compiled once per ISA. Each output is a dot
-// product over K, which is contiguous in both x and w: tiles of 2 rows x 4 outputs keep 8
-// independent vector accumulators, then one horizontal sum per output.
+// product over K, which is contiguous in both x and w (torch's [A, K] weight, no packing). A tile
+// keeps one vector accumulator per output it computes, W of them (W = lanes): 2 rows x W/2
+// outputs, or 1 row x W outputs for a single row. At the end one in-register transpose turns the
+// W accumulators into one vector holding the W dot products, instead of W horizontal sums (those
+// cost as much as the whole K loop at K = 320: 23 GMAC/s before, see benchmarks/NOTES.md).
 #include <algorithm>
 
 #include "attnkit/parallel.h"
@@ -12,57 +15,76 @@ namespace attnkit::cpu::ATTNKIT_ISA {
 namespace {
 
 template <typename T>
-void linear_rows(const LinearParams& p, int64_t a0, int64_t a1) {
-  constexpr int W = lanes<T>(), kR = 2, kO = 4;
+struct LinearKernel {
+  static constexpr int W = lanes<T>();
   using V = Vec<T>;
+  const LinearParams& p;
   const T* x = static_cast<const T*>(p.x);
   const T* w = static_cast<const T*>(p.w);
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
-  const int64_t kfull = p.K / W * W;
-  const int ktail = int(p.K - kfull);
-  // Blocks of 16 rows, outputs outer within a block: the kO weight rows of a tile stay in L1
-  // across the block's row pairs, the block's rows too (16 x 384 floats = 24 KiB); the chunk of w
-  // is read once per block. Rows outer re-read the whole chunk from L2 for every row pair
-  // (a decoder step's [10, 384] x [384, 1024]: 5 passes over 1.5 MB).
-  constexpr int64_t kRowBlock = 16;
-  for (int64_t nb = 0; nb < p.N; nb += kRowBlock) {
-    const int64_t nb_end = std::min(p.N, nb + kRowBlock);
-    for (int64_t a = a0; a < a1; a += kO) {
-      const int no = int(std::min<int64_t>(kO, a1 - a));
-      const T* wr[kO];
-      for (int o = 0; o < kO; ++o) wr[o] = w + (a + std::min(o, no - 1)) * p.K;
-      for (int64_t n0 = nb; n0 < nb_end; n0 += kR) {
-        const int nr = int(std::min<int64_t>(kR, nb_end - n0));
-        V acc[kR][kO] = {};
-        const T* xr[kR];
-        for (int r = 0; r < kR; ++r) xr[r] = x + (n0 + std::min(r, nr - 1)) * p.K;
-        for (int64_t k = 0; k < kfull; k += W) {
-          V xv[kR], wv[kO];
-          for (int r = 0; r < kR; ++r) xv[r] = load(xr[r] + k);
-          for (int o = 0; o < kO; ++o) wv[o] = load(wr[o] + k);
-          for (int r = 0; r < kR; ++r)
-            for (int o = 0; o < kO; ++o) acc[r][o] += xv[r] * wv[o];
-        }
-        if (ktail) {
-          V xv[kR], wv[kO];
-          for (int r = 0; r < kR; ++r) xv[r] = load_partial(xr[r] + kfull, ktail);
-          for (int o = 0; o < kO; ++o) wv[o] = load_partial(wr[o] + kfull, ktail);
-          for (int r = 0; r < kR; ++r)
-            for (int o = 0; o < kO; ++o) acc[r][o] += xv[r] * wv[o];
-        }
-        for (int r = 0; r < nr; ++r)
-          for (int o = 0; o < no; ++o) y[(n0 + r) * p.A + a + o] = hsum<T>(acc[r][o]) + (bias ? bias[a + o] : T(0));
+  int64_t kfull = p.K / W * W;
+  int ktail = int(p.K - kfull);
+
+  // Rows [n0, n0 + R) x outputs [a, a + no), R * kO = W accumulators; rows and outputs past the
+  // ends repeat the last valid one (their results are dropped).
+  template <int R>
+  void tile(int64_t n0, int nr, int64_t a, int no) const {
+    constexpr int kO = W / R;
+    const T* xr[R];
+    const T* wr[kO];
+    for (int r = 0; r < R; ++r) xr[r] = x + (n0 + std::min(r, nr - 1)) * p.K;
+    for (int o = 0; o < kO; ++o) wr[o] = w + (a + std::min(o, no - 1)) * p.K;
+    V acc[W] = {};
+    for (int64_t k = 0; k < kfull; k += W) {
+      V wv[kO];
+      for (int o = 0; o < kO; ++o) wv[o] = load(wr[o] + k);
+      for (int r = 0; r < R; ++r) {
+        const V xv = load(xr[r] + k);
+        for (int o = 0; o < kO; ++o) acc[r * kO + o] += xv * wv[o];
       }
     }
+    if (ktail) {
+      V wv[kO];
+      for (int o = 0; o < kO; ++o) wv[o] = load_partial(wr[o] + kfull, ktail);
+      for (int r = 0; r < R; ++r) {
+        const V xv = load_partial(xr[r] + kfull, ktail);
+        for (int o = 0; o < kO; ++o) acc[r * kO + o] += xv * wv[o];
+      }
+    }
+    // After the transpose, acc[i][j] is lane i of the old acc[j]: summing over i gives lane j =
+    // the dot product of accumulator j.
+    transpose_block<T>(acc);
+    V sum = acc[0];
+    for (int i = 1; i < W; ++i) sum += acc[i];
+    for (int r = 0; r < nr; ++r)
+      for (int o = 0; o < no; ++o) y[(n0 + r) * p.A + a + o] = sum[r * kO + o] + (bias ? bias[a + o] : T(0));
   }
-}
+
+  // Outputs [a0, a1) for every row. Blocks of 16 rows with the outputs outer inside a block: a
+  // tile's W/2 weight rows stay in L1 across the block's row pairs and the block's rows stay in
+  // L1 too (16 x 384 floats = 24 KiB), so w is read from L2 once per block.
+  void rows(int64_t a0, int64_t a1) const {
+    constexpr int64_t kRowBlock = 16;
+    for (int64_t nb = 0; nb < p.N; nb += kRowBlock) {
+      const int64_t nb_end = std::min(p.N, nb + kRowBlock);
+      if (nb_end - nb == 1) {
+        for (int64_t a = a0; a < a1; a += W) tile<1>(nb, 1, a, int(std::min<int64_t>(W, a1 - a)));
+        continue;
+      }
+      for (int64_t a = a0; a < a1; a += W / 2)
+        for (int64_t n0 = nb; n0 < nb_end; n0 += 2)
+          tile<2>(n0, int(std::min<int64_t>(2, nb_end - n0)), a, int(std::min<int64_t>(W / 2, a1 - a)));
+    }
+  }
+};
 
 }  // namespace
 
 void linear(const LinearParams& p) {
-  // Chunks of 64 outputs; a step-sized product (10 x 320 x 320) splits in 5 tasks.
-  constexpr int64_t kChunk = 64;
+  // Chunks of 32 outputs: a step-sized product (10 x 320 x 320) splits into 10 tasks, 5 per
+  // thread on 2 threads (chunks of 64 split it 3 + 2).
+  constexpr int64_t kChunk = 32;
   const int64_t chunks = (p.A + kChunk - 1) / kChunk;
   // N * A * K >= 2^17 multiply-adds, written so that the product cannot overflow.
   const bool parallel = p.N * p.A >= ((int64_t(1) << 17) + p.K - 1) / std::max<int64_t>(p.K, 1);
@@ -70,9 +92,9 @@ void linear(const LinearParams& p) {
     for (int64_t c = begin; c < end; ++c) {
       const int64_t a0 = c * kChunk, a1 = std::min(p.A, a0 + kChunk);
       if (p.dtype == DType::f32)
-        linear_rows<float>(p, a0, a1);
+        LinearKernel<float>{p}.rows(a0, a1);
       else
-        linear_rows<double>(p, a0, a1);
+        LinearKernel<double>{p}.rows(a0, a1);
     }
   };
   if (parallel)

@@ -64,6 +64,13 @@ template <typename T> inline Vec<T> load_partial(const T* p, int n) {
 }
 template <typename T> inline void store_partial(T* p, Vec<T> v, int n) { std::memcpy(p, &v, sizeof(T) * n); }
 
+// The bits of a float vector as integers and back: a cast between vector types of one size
+// reinterprets the bits (GCC vector extensions). reinterpret_cast through references instead is
+// a strict-aliasing violation that GCC exploits: it once read the bits of a spilled float vector
+// before the store that produced them (the float64 energies went wrong).
+template <typename T> inline VecI<T> bits_of(Vec<T> v) { return (VecI<T>)v; }
+template <typename T> inline Vec<T> from_bits(VecI<T> v) { return (Vec<T>)v; }
+
 template <typename T> inline Vec<T> vmax(Vec<T> a, Vec<T> b) { return a > b ? a : b; }
 template <typename T> inline T hsum(Vec<T> v) {
   T s = 0;
@@ -166,7 +173,7 @@ template <typename T> inline Vec<T> exp2_core(Vec<T> x) {
   using C = Exp2Consts<T>;
   const Vec<T> n = (x + C::kRound) - C::kRound;
   const VecI<T> bits = (__builtin_convertvector(n, VecI<T>) + C::kBias) << C::kMantissa;
-  return exp2_poly(x - n) * reinterpret_cast<const Vec<T>&>(bits);
+  return exp2_poly(x - n) * from_bits<T>(bits);
 }
 
 // 2^x for |x| well inside the exponent range (|x| < 100 for float): like exp2_core, but 2^n is
@@ -174,10 +181,11 @@ template <typename T> inline Vec<T> exp2_core(Vec<T> x) {
 // multiply: the multiply pipes are what the energy loops run out of). NaN stays NaN.
 template <typename T> inline Vec<T> exp2_small(Vec<T> x) {
   using C = Exp2Consts<T>;
-  const Vec<T> n = (x + C::kRound) - C::kRound;
-  const Vec<T> poly = exp2_poly(x - n);
-  const VecI<T> bits = reinterpret_cast<const VecI<T>&>(poly) + (__builtin_convertvector(n, VecI<T>) << C::kMantissa);
-  return reinterpret_cast<const Vec<T>&>(bits);
+  // x + 1.5 * 2^mantissa rounds x to an integer n held in the low mantissa bits (|n| < 2^22),
+  // and shifting those bits by the mantissa width leaves exactly n << mantissa.
+  const Vec<T> r = x + C::kRound;
+  const Vec<T> poly = exp2_poly(x - (r - C::kRound));
+  return from_bits<T>(bits_of<T>(poly) + (bits_of<T>(r) << C::kMantissa));
 }
 
 // 2^x for x <= 0 (softmax terms s - max): below the smallest normal exponent, -inf (a masked
