@@ -85,10 +85,26 @@ def test_kernel_errors_name_the_argument(rng):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 # Tiles: one row x W outputs (N = 1, or a last block of one row: N = 17), two rows x W/2.
 @pytest.mark.parametrize("N,K,A", [(1, 1, 1), (1, 19, 45), (3, 7, 5), (10, 320, 320), (17, 9, 37), (41, 33, 130)])
-def test_step_linear_matches_numpy(isa, rng, dtype, N, K, A):
-    from attnkit.espnet._kernels import linear
+@pytest.mark.parametrize("packed", [False, True])
+def test_step_linear_matches_numpy(isa, rng, dtype, N, K, A, packed):
+    from attnkit.espnet._kernels import PackedWeight, linear
 
     x, w, b = rng.standard_normal((N, K)), rng.standard_normal((A, K)), rng.standard_normal(A)
     ref = x @ w.T
-    assert_close(linear(x.astype(dtype), w.astype(dtype)), ref, dtype, "linear")
-    assert_close(linear(x.astype(dtype), w.astype(dtype), b.astype(dtype)), ref + b, dtype, "linear + bias")
+    weight = PackedWeight(w.astype(dtype)) if packed else w.astype(dtype)
+    assert_close(linear(x.astype(dtype), weight), ref, dtype, "linear")
+    assert_close(linear(x.astype(dtype), weight, b.astype(dtype)), ref + b, dtype, "linear + bias")
+
+
+def test_packed_linear_checks_the_panels(rng):
+    from attnkit.espnet._kernels import PackedWeight
+
+    x, w = rng.standard_normal((2, 5)).astype(np.float32), rng.standard_normal((20, 5)).astype(np.float32)
+    packed = PackedWeight(w)
+    assert packed.panels.shape == (2, 5, 16) and packed.shape == (20, 5)
+    with pytest.raises(ValueError, match=r"weight must be .* shape \(1, 5, 16\), got float32 \(2, 5, 16\)"):
+        _core.linear(x, packed.panels, None, np.empty((2, 16), np.float32), packed=True)
+    with pytest.raises(TypeError, match=r"weight 3-D \(packed\)"):
+        _core.linear(x, w, None, np.empty((2, 20), np.float32), packed=True)
+    with pytest.raises(TypeError, match="PackedWeight: weight must be a 2-D float32 or float64 array"):
+        PackedWeight(w.astype(np.int32))

@@ -24,7 +24,7 @@ from attnkit._core import UnsupportedError
 from attnkit.asr._rows import row_index, select_rows
 from attnkit.asr.rnn import gru_cell, lstm_cell, lstm_from_gates
 from attnkit.espnet import AttForwardTA, EspnetAttention, GDCAttLoc, NoAtt, Prepared, compat, initial_att
-from attnkit.espnet._kernels import linear
+from attnkit.espnet._kernels import PackedWeight, linear
 
 #: Gate count per RNN type (PyTorch layout: LSTM i, f, g, o; GRU r, z, n).
 RNN_GATES = {"lstm": 4, "gru": 3}
@@ -155,29 +155,33 @@ class RNNDecoder:
                              f"dim]), got {embed.shape}")
         De = embed.shape[1]
         self.embed_dim = De
-        self._cells = []
+        cells = []
         for layer in range(self.dlayers):
             p = f"decoder.{layer}."
             w_ih = take(p + "weight_ih", (G, De + E if layer == 0 else Dz),
                         "[G*dunits, embed+eprojs]" if layer == 0 else "[G*dunits, dunits]")
-            self._cells.append({"w_ih": w_ih, "w_hh": take(p + "weight_hh", (G, Dz), "[G*dunits, dunits]"),
-                                "b_ih": take(p + "bias_ih", (G,), "[G*dunits]", 1),
-                                "b_hh": take(p + "bias_hh", (G,), "[G*dunits]", 1)})
+            cells.append({"w_ih": w_ih, "w_hh": take(p + "weight_hh", (G, Dz), "[G*dunits, dunits]"),
+                          "b_ih": take(p + "bias_ih", (G,), "[G*dunits]", 1),
+                          "b_hh": take(p + "bias_hh", (G,), "[G*dunits]", 1)})
         out_in = Dz + E if self.context_residual else Dz
-        self._w_out = take("output.weight", (V, out_in),
-                           "[vocab_size, dunits+eprojs] (context_residual)" if self.context_residual
-                           else "[vocab_size, dunits]")
+        w_out = take("output.weight", (V, out_in),
+                     "[vocab_size, dunits+eprojs] (context_residual)" if self.context_residual
+                     else "[vocab_size, dunits]")
         self._b_out = take("output.bias", (V,), "[vocab_size]", 1)
         if own:
             raise ValueError(f"{op}: params must hold only the decoder's parameters, "
                              f"got unexpected key(s) {sorted(own)}")
         self._embed = embed
-        first = self._cells[0]
+        first = cells[0]
         # Cell 0's input product split by columns [embedding | context]: the embedding half (with
-        # bias_ih) tabulated per token [V, G*Dz]; the context half kept as a contiguous [G*Dz, E].
+        # bias_ih) tabulated per token [V, G*Dz]; the context half [G*Dz, E] kept apart.
         self._token_gates = embed @ first["w_ih"][:, :De].T + first["b_ih"]
-        self._w_ctx = np.ascontiguousarray(first["w_ih"][:, De:])
-        self._w_ctx_hh = np.ascontiguousarray(np.concatenate([self._w_ctx, first["w_hh"]], axis=1))  # [G*Dz, E+Dz]
+        w_ctx = first["w_ih"][:, De:]
+        self._w_ctx = PackedWeight(w_ctx)
+        self._w_ctx_hh = PackedWeight(np.concatenate([w_ctx, first["w_hh"]], axis=1))  # [G*Dz, E+Dz]
+        # The step's products run on weights packed once for attnkit's linear kernel.
+        self._cells = [{**c, "w_ih": PackedWeight(c["w_ih"]), "w_hh": PackedWeight(c["w_hh"])} for c in cells]
+        self._w_out = PackedWeight(w_out)
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Any], *, prefix: str = "decoder.",

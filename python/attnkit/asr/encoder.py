@@ -20,7 +20,7 @@ from attnkit._core import UnsupportedError
 from attnkit.asr.params import checked_params, float_dtype, padded_batch, with_prefix
 from attnkit.asr.rnn import PackedRNN, packed_rnn_shapes
 from attnkit.asr.subsampling import Conv2dSubsampling, VGG2L, ceil_half, zero_past
-from attnkit.espnet._kernels import linear
+from attnkit.espnet._kernels import PackedWeight, linear
 
 
 def split_typ(op: str, typ: str) -> tuple[str, bool]:
@@ -49,6 +49,7 @@ class RNN:
         self.params = checked_params(op, params, self.param_shapes, self.dtype)
         self.rnn = PackedRNN(with_prefix(self.params, "nbrnn."), input_size=idim, hidden_size=cdim,
                              num_layers=elayers, bidirectional=bidir, rnn_type=cell, dtype=self.dtype)
+        self._w_last = PackedWeight(self.params["l_last.weight"])
 
     @staticmethod
     def shapes(idim: int, elayers: int, cdim: int, hdim: int, typ: str) -> dict[str, tuple[int, ...]]:
@@ -62,7 +63,7 @@ class RNN:
     def __call__(self, x: np.ndarray, lengths) -> tuple[np.ndarray, np.ndarray]:
         ys = self.rnn(x, lengths)
         lengths = np.asarray(lengths, np.int64)
-        y = np.tanh(linear(ys, self.params["l_last.weight"], self.params["l_last.bias"]))
+        y = np.tanh(linear(ys, self._w_last, self.params["l_last.bias"]))
         return zero_past(y, lengths), lengths
 
 
@@ -95,6 +96,7 @@ class RNNP:
         self.layers = [PackedRNN(with_prefix(self.params, f"{name}{i}."), input_size=idim if i == 0 else hdim,
                                  hidden_size=cdim, bidirectional=bidir, rnn_type=cell, dtype=self.dtype)
                        for i in range(elayers)]
+        self._w_bt = [PackedWeight(self.params[f"bt{i}.weight"]) for i in range(elayers)]
 
     @staticmethod
     def shapes(idim: int, elayers: int, cdim: int, hdim: int, typ: str) -> dict[str, tuple[int, ...]]:
@@ -123,7 +125,7 @@ class RNNP:
             ys = rnn(x, lengths)
             if s > 1:
                 ys, lengths = ys[:, ::s], (lengths + 1) // s
-            x = linear(ys, self.params[f"bt{i}.weight"], self.params[f"bt{i}.bias"])
+            x = linear(ys, self._w_bt[i], self.params[f"bt{i}.bias"])
             if i < last:
                 x = np.tanh(x)
         return zero_past(x[:, : int(lengths.max())], lengths), lengths

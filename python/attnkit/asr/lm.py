@@ -16,7 +16,7 @@ from attnkit._arrays import describe
 from attnkit.asr._rows import row_index, select_rows
 from attnkit.asr.decoder import log_softmax
 from attnkit.asr.rnn import gru_cell, lstm_cell
-from attnkit.espnet._kernels import linear
+from attnkit.espnet._kernels import PackedWeight, linear
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -69,11 +69,14 @@ class RNNLM:
         if unexpected:
             raise ValueError(f"{op}: params must hold only the RNNLM's parameters, got unexpected key(s) {unexpected}")
         w = {k: np.array(p[k], dtype=dtype) for k in expected}
-        self._cells = [{n: w[f"rnn.{layer}.{n}"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-                       for layer in range(self.n_layers)]
         # Layer 0's input gates tabulated per token [V, G]: the embedding costs a row gather.
-        self._token_gates = w["embed.weight"] @ self._cells[0]["weight_ih"].T + self._cells[0]["bias_ih"]
-        self._lo_w, self._lo_b = w["lo.weight"], w["lo.bias"]
+        self._token_gates = w["embed.weight"] @ w["rnn.0.weight_ih"].T + w["rnn.0.bias_ih"]
+        # The step's products run on weights packed once for attnkit's linear kernel.
+        self._cells = [{"weight_ih": PackedWeight(w[f"rnn.{layer}.weight_ih"]),
+                        "weight_hh": PackedWeight(w[f"rnn.{layer}.weight_hh"]),
+                        "bias_ih": w[f"rnn.{layer}.bias_ih"], "bias_hh": w[f"rnn.{layer}.bias_hh"]}
+                       for layer in range(self.n_layers)]
+        self._lo_w, self._lo_b = PackedWeight(w["lo.weight"]), w["lo.bias"]
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping[str, Any], *, prefix: str = "predictor.", dtype=np.float32) -> "RNNLM":

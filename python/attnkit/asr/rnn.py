@@ -18,7 +18,7 @@ import numpy as np
 
 from attnkit._arrays import describe, host_float_array, lengths_array
 from attnkit.asr.params import checked_params, float_dtype
-from attnkit.espnet._kernels import linear
+from attnkit.espnet._kernels import PackedWeight, linear
 
 #: Gates per cell type: G in the ``[G*H, ...]`` weight shapes.
 GATES = {"lstm": 4, "gru": 3}
@@ -115,7 +115,11 @@ class PackedRNN:
         self.params = checked_params(op, params, self.param_shapes, self.dtype)
         suffixes = ("", "_reverse") if self.bidirectional else ("",)
         # Per layer, the input weights of both directions stacked [D*G*H, I]: one product per layer.
-        self._w_ih = [np.concatenate([self.params[f"weight_ih_l{k}{s}"] for s in suffixes]) for k in range(num_layers)]
+        # Weights packed once for attnkit's linear kernel.
+        self._w_ih = [PackedWeight(np.concatenate([self.params[f"weight_ih_l{k}{s}"] for s in suffixes]))
+                      for k in range(num_layers)]
+        self._w_hh = {f"{k}{s}": PackedWeight(self.params[f"weight_hh_l{k}{s}"])
+                      for k in range(num_layers) for s in suffixes}
         self._b_ih = [np.concatenate([self.params[f"bias_ih_l{k}{s}"] for s in suffixes]) for k in range(num_layers)]
         self._suffixes = suffixes
 
@@ -150,7 +154,7 @@ class PackedRNN:
     def _direction(self, gx: np.ndarray, active: np.ndarray, layer: int, suffix: str) -> np.ndarray:
         """One direction of one layer: gx ``[T, B, G*H]`` (input part of the gates) -> ``[T, B, H]``."""
         T, B, H = gx.shape[0], gx.shape[1], self.hidden_size
-        w_hh, b_hh = self.params[f"weight_hh_l{layer}{suffix}"], self.params[f"bias_hh_l{layer}{suffix}"]
+        w_hh, b_hh = self._w_hh[f"{layer}{suffix}"], self.params[f"bias_hh_l{layer}{suffix}"]
         out = np.zeros((T, B, H), self.dtype)
         h = np.zeros((B, H), self.dtype)
         c = np.zeros((B, H), self.dtype) if self.rnn_type == "lstm" else None

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from attnkit.asr.params import checked_params, float_dtype, padded_batch
-from attnkit.espnet._kernels import linear
+from attnkit.espnet._kernels import PackedWeight, linear
 
 # im2col copies are made in pieces of at most this many elements (64 MB in float32), so a long
 # utterance through VGG2L (T x 80 x 576 columns for conv1_2) does not need gigabytes.
@@ -106,6 +106,7 @@ class Conv2dSubsampling:
             raise ValueError(f"{op}: idim must be >= 7 (two 3x3 convolutions with stride 2), got {idim}")
         self.param_shapes = self.shapes(idim, channels, units)
         self.params = checked_params(op, params, self.param_shapes, self.dtype)
+        self._w_out = PackedWeight(self.params["out.0.weight"])
 
     @staticmethod
     def reduce(n):
@@ -130,7 +131,7 @@ class Conv2dSubsampling:
         h = np.maximum(conv2d(h, p["conv.0.weight"], p["conv.0.bias"], 2, 0), 0)
         h = np.maximum(conv2d(h, p["conv.2.weight"], p["conv.2.bias"], 2, 0), 0)
         h = h[:, : int(out_lengths.max())]
-        y = linear(channel_major(h), p["out.0.weight"], p["out.0.bias"])
+        y = linear(channel_major(h), self._w_out, p["out.0.bias"])
         if self.positional_encoding:
             pe = positional_encoding(y.shape[1], self.units).astype(self.dtype)
             y = y * self.dtype.type(math.sqrt(self.units)) + pe

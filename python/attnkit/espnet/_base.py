@@ -17,7 +17,7 @@ import numpy as np
 
 from attnkit._arrays import describe, host_float_array, lengths_array, positive_scalar
 from attnkit._core import UnsupportedError
-from attnkit.espnet._kernels import fused_additive_step, fused_additive_step_windowed, linear
+from attnkit.espnet._kernels import PackedWeight, fused_additive_step, fused_additive_step_windowed, linear
 
 #: Prefixes under which ESPnet checkpoints store the (first) attention module: espnet1 ``Decoder``
 #: (``att.0.``), espnet1 ``E2E`` (``dec.att.0.``, the same tensors registered a second time) and
@@ -302,6 +302,16 @@ class EspnetAttention:
     def _p(self, name: str) -> np.ndarray:
         return self._params[name]
 
+    def _packed(self, name: str) -> PackedWeight:
+        """Weight ``name`` packed for ``linear`` (once per set of weights: the cache goes with
+        the ``_params`` mapping, which loading replaces)."""
+        cache = self.__dict__.get("_packed_cache")
+        if cache is None or cache[0] is not self._params:
+            cache = self._packed_cache = (self._params, {})
+        if name not in cache[1]:
+            cache[1][name] = PackedWeight(self._params[name])
+        return cache[1][name]
+
     # -- prepare -----------------------------------------------------------------------------------
 
     def prepare(self, enc, lengths) -> Prepared:
@@ -330,7 +340,7 @@ class EspnetAttention:
 
     def _precompute(self, enc: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
         """``keys = enc W_enc^T + b_enc`` ``[B, T, A]`` (most classes)."""
-        return {"keys": linear(enc, self._p("mlp_enc.weight"), self._p("mlp_enc.bias"))}
+        return {"keys": linear(enc, self._packed("mlp_enc.weight"), self._p("mlp_enc.bias"))}
 
     # -- step helpers ------------------------------------------------------------------------------
 
@@ -404,7 +414,7 @@ class EncoderProjection(EspnetAttention):
 
     def _query(self, dec_z: np.ndarray) -> np.ndarray:
         """q = dec_z W_dec^T ``[N, A]`` (mlp_dec has no bias, except in AttDot)."""
-        return linear(dec_z, self._p("mlp_dec.weight"))
+        return linear(dec_z, self._packed("mlp_dec.weight"))
 
     def _loc_conv(self) -> np.ndarray:
         """loc_conv.weight ``[C, 1, R, K]`` as the kernel's ``[C, R, K]``."""

@@ -34,7 +34,7 @@ class AttDot(EncoderProjection):
         op = "AttDot.step"
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
-        q = np.tanh(linear(dec_z, self._p("mlp_dec.weight"), self._p("mlp_dec.bias")))
+        q = np.tanh(linear(dec_z, self._packed("mlp_dec.weight"), self._p("mlp_dec.bias")))
         n = rows.shape[0]
         ctx = np.empty((n, prepared.enc.shape[2]), self._dtype)
         w = np.empty((n, prepared.frames), self._dtype)

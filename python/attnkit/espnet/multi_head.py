@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from attnkit.espnet._base import AttentionOutput, EspnetAttention, Prepared, check_array, peak_of
-from attnkit.espnet._kernels import dot_product_step, fused_additive_step, linear
+from attnkit.espnet._kernels import PackedWeight, dot_product_step, fused_additive_step, linear
 
 
 class MultiHead(EspnetAttention):
@@ -49,14 +49,15 @@ class MultiHead(EspnetAttention):
         return self.aconv_filts
 
     def _stacked(self) -> dict[str, np.ndarray]:
-        """The per-head projections stacked into one matrix each, rebuilt when the weights change."""
+        """The per-head projections stacked into one matrix each (packed for ``linear``), rebuilt
+        when the weights change."""
         if self._stack[0] is not self._params:
             H, p = self.aheads, self._params
             self._stack = (self._params, {
-                "q": np.concatenate([p[f"mlp_q.{h}.weight"] for h in range(H)]),      # [H*Ak, Dz]
-                "qb": np.concatenate([p[f"mlp_q.{h}.bias"] for h in range(H)]),       # [H*Ak]
-                "k": np.concatenate([p[f"mlp_k.{h}.weight"] for h in range(H)]),      # [H*Ak, E]
-                "v": np.concatenate([p[f"mlp_v.{h}.weight"] for h in range(H)]),      # [H*Av, E]
+                "q": PackedWeight(np.concatenate([p[f"mlp_q.{h}.weight"] for h in range(H)])),  # [H*Ak, Dz]
+                "qb": np.concatenate([p[f"mlp_q.{h}.bias"] for h in range(H)]),                  # [H*Ak]
+                "k": PackedWeight(np.concatenate([p[f"mlp_k.{h}.weight"] for h in range(H)])),  # [H*Ak, E]
+                "v": PackedWeight(np.concatenate([p[f"mlp_v.{h}.weight"] for h in range(H)])),  # [H*Av, E]
             })
         return self._stack[1]
 
@@ -109,7 +110,7 @@ class MultiHead(EspnetAttention):
                                     None if a is None else a[h], conv[0], conv[1], None,
                                     self._p(f"gvec.{h}.weight")[0], s, ctx[h], w[h])
             ctx, w = ctx.transpose(1, 0, 2), np.ascontiguousarray(w.transpose(1, 0, 2))
-        context = linear(ctx.reshape(n, H * self.att_dim_v), self._p("mlp_o.weight"))
+        context = linear(ctx.reshape(n, H * self.att_dim_v), self._packed("mlp_o.weight"))
         return AttentionOutput(context, w, w, peak_of(w))
 
     def _repr_dims(self):

@@ -77,9 +77,14 @@ struct LinearParams {
   DType dtype = DType::f32;
   int64_t N = 0, K = 0, A = 0;
   const void* x = nullptr;     // [N][K] contiguous
-  const void* w = nullptr;     // [A][K] contiguous (torch's Linear.weight layout)
+  const void* w = nullptr;     // [A][K] contiguous (torch's Linear.weight layout), or packed:
+  bool packed = false;         // [ceil(A / P)][K][P], P = kLinearPanelBytes / sizeof(T), zero pad
   const void* bias = nullptr;  // [A] or null
   void* y = nullptr;           // [N][A] contiguous
 };
+
+// Width of a packed weight panel: 64 bytes, 16 float32 or 8 float64 outputs, whatever the ISA
+// (one AVX-512 vector, two AVX2 vectors), so a packed weight serves every ISA.
+constexpr int64_t kLinearPanelBytes = 64;
 
 }  // namespace attnkit

@@ -1,5 +1,5 @@
-// Binding of the step-sized Linear layer: x [N, K], weight [A, K], bias [A] or None, out [N, A],
-// all C-contiguous and of one float dtype.
+// Binding of the step-sized Linear layer: x [N, K], weight [A, K] (or packed: [ceil(A/P), K, P],
+// P = 64 bytes of outputs), bias [A] or None, out [N, A], all C-contiguous and of one float dtype.
 #include <memory>
 #include <string>
 
@@ -21,22 +21,28 @@ void check(const HostArray& a, const char* name, Kind kind, int ndim, const int6
     ok = a.shape(i) == 1 || a.stride(i) == expect;
     expect *= a.shape(i);
   }
-  if (!ok)
-    throw ValueError(std::string(kOp) + ": " + name + " must be a C-contiguous array of the step's dtype and shape (" +
-                     std::to_string(shape[0]) + (ndim == 2 ? ", " + std::to_string(shape[1]) : std::string(",")) +
-                     "), got " + a.dtype_name() + " " + a.shape_str());
+  if (!ok) {
+    std::string want = "(" + std::to_string(shape[0]);
+    for (int i = 1; i < ndim; ++i) want += ", " + std::to_string(shape[i]);
+    throw ValueError(std::string(kOp) + ": " + name + " must be a C-contiguous array of the step's dtype and shape " +
+                     want + (ndim == 1 ? ",)" : ")") + ", got " + a.dtype_name() + " " + a.shape_str());
+  }
 }
 
-void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out_obj) {
+void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out_obj, bool packed) {
   HostArray x(x_obj, kOp, "x"), w(w_obj, kOp, "weight"), out(out_obj, kOp, "out");
-  if ((x.kind() != Kind::f32 && x.kind() != Kind::f64) || x.ndim() != 2 || w.ndim() != 2)
-    throw TypeError(std::string(kOp) + ": x and weight must be 2-D float32 or float64 arrays");
+  if ((x.kind() != Kind::f32 && x.kind() != Kind::f64) || x.ndim() != 2 || out.ndim() != 2 || w.ndim() != (packed ? 3 : 2))
+    throw TypeError(std::string(kOp) + ": x and out must be 2-D float32 or float64 arrays, weight " +
+                    (packed ? "3-D (packed)" : "2-D"));
   LinearParams p;
   p.dtype = x.kind() == Kind::f32 ? DType::f32 : DType::f64;
-  p.N = x.shape(0), p.K = x.shape(1), p.A = w.shape(0);
-  const int64_t xs[2] = {p.N, p.K}, ws[2] = {p.A, p.K}, os[2] = {p.N, p.A}, bs[1] = {p.A};
+  p.packed = packed;
+  p.N = x.shape(0), p.K = x.shape(1), p.A = packed ? out.shape(1) : w.shape(0);
+  const int64_t panel = kLinearPanelBytes / (x.kind() == Kind::f32 ? 4 : 8);
+  const int64_t xs[2] = {p.N, p.K}, ws[3] = {packed ? (p.A + panel - 1) / panel : p.A, p.K, panel},
+                os[2] = {p.N, p.A}, bs[1] = {p.A};
   check(x, "x", x.kind(), 2, xs);
-  check(w, "weight", x.kind(), 2, ws);
+  check(w, "weight", x.kind(), packed ? 3 : 2, ws);
   check(out, "out", x.kind(), 2, os);
   if (out.readonly()) throw ValueError(std::string(kOp) + ": out must be writeable");
   std::unique_ptr<HostArray> b;
@@ -54,7 +60,9 @@ void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out
 
 void register_linear(nb::module_& m) {
   m.def("linear", &linear, nb::arg("x"), nb::arg("weight"), nb::arg("bias").none(), nb::arg("out"),
-        "Private: y = x weight^T + bias for the few rows of a decoder step.");
+        nb::arg("packed") = false,
+        "Private: y = x weight^T + bias for the few rows of a decoder step (weight packed: see "
+        "attnkit.espnet._kernels.PackedWeight).");
 }
 
 }  // namespace attnkit::bindings

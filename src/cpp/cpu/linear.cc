@@ -1,9 +1,13 @@
-// Linear layer for a handful of rows (LinearParams), compiled once per ISA. Each output is a dot
-// product over K, which is contiguous in both x and w (torch's [A, K] weight, no packing). A tile
-// keeps one vector accumulator per output it computes, W of them (W = lanes): 2 rows x W/2
-// outputs, or 1 row x W outputs for a single row. At the end one in-register transpose turns the
-// W accumulators into one vector holding the W dot products, instead of W horizontal sums (those
-// cost as much as the whole K loop at K = 320: 23 GMAC/s before, see benchmarks/NOTES.md).
+// Linear layer for a handful of rows (LinearParams), compiled once per ISA, for two layouts of
+// the weight:
+//   - torch's [A, K]: each output is a dot product over K, contiguous in x and w. A tile keeps
+//     one vector accumulator per output, W of them (W = lanes): 2 rows x W/2 outputs, or 1 row x
+//     W. One in-register transpose turns them into the W dot products, instead of W horizontal
+//     sums (those cost as much as the whole K loop at K = 320, benchmarks/NOTES.md). ~25 GMAC/s.
+//   - packed panels [ceil(A/P)][K][P] (P outputs of 64 bytes, zero-padded; attnkit's modules pack
+//     their weights once): x is broadcast, the panel row loaded, and every FMA adds into an
+//     output accumulator, so nothing is reduced at the end. A tile is R rows x one panel, 12
+//     accumulators. Near the FMA peak.
 #include <algorithm>
 
 #include "attnkit/parallel.h"
@@ -61,6 +65,69 @@ struct LinearKernel {
       for (int o = 0; o < no; ++o) y[(n0 + r) * p.A + a + o] = sum[r * kO + o] + (bias ? bias[a + o] : T(0));
   }
 
+  // Packed weight: R rows x one panel of PV vectors. With fewer than 8 accumulators the K loop
+  // is split over S interleaved accumulator sets (an FMA's 4-cycle latency needs 8 chains to
+  // keep 2 pipes busy), summed at the end.
+  static constexpr int PV = int(kLinearPanelBytes / int64_t(sizeof(V)));  // vectors per panel row
+  static constexpr int P = PV * W;                                         // outputs per panel
+  static constexpr int kPackedRows = 12 / PV;  // 6 rows on AVX2, 12 on AVX-512, 3 on 16-byte vectors
+
+  template <int R>
+  void packed_tile(int64_t n0, const T* panel, int64_t a, int no) const {
+    constexpr int S = R * PV >= 8 ? 1 : (R * PV >= 4 ? 2 : 4);
+    const T* xr[R];
+    for (int r = 0; r < R; ++r) xr[r] = x + (n0 + r) * p.K;
+    V acc[S][R][PV] = {};
+    int64_t k = 0;
+    for (; k + S <= p.K; k += S)
+      for (int s = 0; s < S; ++s) {
+        V wv[PV];
+        for (int v = 0; v < PV; ++v) wv[v] = load(panel + (k + s) * P + v * W);
+        for (int r = 0; r < R; ++r) {
+          const V xs = splat<T>(xr[r][k + s]);
+          for (int v = 0; v < PV; ++v) acc[s][r][v] += xs * wv[v];
+        }
+      }
+    for (; k < p.K; ++k)
+      for (int r = 0; r < R; ++r) {
+        const V xs = splat<T>(xr[r][k]);
+        for (int v = 0; v < PV; ++v) acc[0][r][v] += xs * load(panel + k * P + v * W);
+      }
+    for (int v = 0; v < PV; ++v) {
+      const int width = std::clamp(no - v * W, 0, W);
+      if (width == 0) break;
+      const V b = !bias ? V{} : width == W ? load(bias + a + v * W) : load_partial(bias + a + v * W, width);
+      for (int r = 0; r < R; ++r) {
+        V sum = acc[0][r][v] + b;
+        for (int s = 1; s < S; ++s) sum += acc[s][r][v];
+        T* dst = y + (n0 + r) * p.A + a + v * W;
+        if (width == W)
+          store(dst, sum);
+        else
+          store_partial(dst, sum, width);
+      }
+    }
+  }
+
+  template <int R = 1>
+  void packed_rows(int64_t n0, int rows, const T* panel, int64_t a, int no) const {
+    if constexpr (R < kPackedRows) {
+      if (rows != R) return packed_rows<R + 1>(n0, rows, panel, a, no);
+    }
+    packed_tile<R>(n0, panel, a, no);
+  }
+
+  // Outputs [a0, a1) (a0 a multiple of P) for every row, panel by panel: a panel (K x 64 bytes,
+  // 20 KiB at K = 320) stays in L1 across the row tiles.
+  void packed(int64_t a0, int64_t a1) const {
+    for (int64_t a = a0; a < a1; a += P) {
+      const T* panel = w + (a / P) * p.K * P;
+      const int no = int(std::min<int64_t>(P, a1 - a));
+      for (int64_t n0 = 0; n0 < p.N; n0 += kPackedRows)
+        packed_rows(n0, int(std::min<int64_t>(kPackedRows, p.N - n0)), panel, a, no);
+    }
+  }
+
   // Outputs [a0, a1) for every row. Blocks of 16 rows with the outputs outer inside a block: a
   // tile's W/2 weight rows stay in L1 across the block's row pairs and the block's rows stay in
   // L1 too (16 x 384 floats = 24 KiB), so w is read from L2 once per block.
@@ -82,8 +149,8 @@ struct LinearKernel {
 }  // namespace
 
 void linear(const LinearParams& p) {
-  // Chunks of 32 outputs: a step-sized product (10 x 320 x 320) splits into 10 tasks, 5 per
-  // thread on 2 threads (chunks of 64 split it 3 + 2).
+  // Chunks of 32 outputs (two float32 panels, four float64 ones): a step-sized product
+  // (10 x 320 x 320) splits into 10 tasks, 5 per thread on 2 threads (chunks of 64: 3 + 2).
   constexpr int64_t kChunk = 32;
   const int64_t chunks = (p.A + kChunk - 1) / kChunk;
   // N * A * K >= 2^17 multiply-adds, written so that the product cannot overflow.
@@ -92,9 +159,9 @@ void linear(const LinearParams& p) {
     for (int64_t c = begin; c < end; ++c) {
       const int64_t a0 = c * kChunk, a1 = std::min(p.A, a0 + kChunk);
       if (p.dtype == DType::f32)
-        LinearKernel<float>{p}.rows(a0, a1);
+        p.packed ? LinearKernel<float>{p}.packed(a0, a1) : LinearKernel<float>{p}.rows(a0, a1);
       else
-        LinearKernel<double>{p}.rows(a0, a1);
+        p.packed ? LinearKernel<double>{p}.packed(a0, a1) : LinearKernel<double>{p}.rows(a0, a1);
     }
   };
   if (parallel)
