@@ -7,7 +7,7 @@ from attnkit.espnet._kernels import fused_additive_step_reference as numpy_step
 from conftest import assert_close
 
 
-def case(rng, dtype, B, T, A, Ev, N, C, R, K, lengths, with_bias):
+def case(rng, dtype, B, T, A, Ev, N, C, R, K, lengths, with_bias, dot=False):
     P = rng.standard_normal((B, T, A)).astype(dtype)
     values = rng.standard_normal((B, T, Ev)).astype(dtype)
     lengths = np.asarray(lengths, np.int64)
@@ -23,7 +23,7 @@ def case(rng, dtype, B, T, A, Ev, N, C, R, K, lengths, with_bias):
         loc = dict(att_in=None, conv_w=None, conv_proj=None, loc_bias=None)
     return dict(P=P, values=values, lengths=lengths, rows=rows, q=q, **loc,
                 # 1/sqrt(A), ESPnet's init scale: energies of order 1, as in a trained model.
-                gvec_w=(rng.standard_normal(A) / np.sqrt(A)).astype(dtype), scaling=2.0)
+                gvec_w=None if dot else (rng.standard_normal(A) / np.sqrt(A)).astype(dtype), scaling=2.0)
 
 
 def run_both(args, dtype):
@@ -61,6 +61,23 @@ def test_kernel_matches_numpy_definition(isa, rng, dtype, B, T, A, Ev, N, C, R, 
         assert all(np.all(w[n, L[n]:] == 0) for n in range(len(L)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,T,A,Ev,N,lengths", [
+    (1, 1, 1, 1, 1, [1]),
+    (3, 9, 6, 7, 5, [5, 9, 3]),           # frames that straddle the 8-frame transposes
+    (2, 37, 33, 17, 10, [37, 20]),       # A with a tail
+    (2, 200, 320, 320, 10, [200, 131]),  # recipe sizes
+])
+def test_dot_energies_match_numpy_definition(isa, rng, dtype, B, T, A, Ev, N, lengths):
+    """gvec_w None: AttDot's energies, <P[rows[n], t], q[n]>."""
+    args = case(rng, dtype, B, T, A, Ev, N, 0, 0, 0, lengths, False, dot=True)
+    args["P"] = np.tanh(args["P"])  # AttDot's keys and query are tanh projections
+    args["q"] = np.tanh(args["q"])
+    (ctx_ref, w_ref), (ctx, w) = run_both(args, dtype)
+    assert_close(w, w_ref, dtype, f"weights isa={isa}")
+    assert_close(ctx, ctx_ref, dtype, f"context isa={isa}")
+
+
 def test_kernel_errors_name_the_argument(rng):
     args = case(rng, np.float32, 2, 5, 4, 3, 3, 2, 1, 3, [5, 4], False)
     ctx, w = np.empty((3, 3), np.float32), np.empty((3, 5), np.float32)
@@ -76,6 +93,8 @@ def test_kernel_errors_name_the_argument(rng):
     bad = dict(args, q=args["q"].astype(np.float64))
     with pytest.raises(TypeError, match="q has dtype float64"):
         _core.additive_step(**bad, out_context=ctx, out_weights=w)
+    with pytest.raises(ValueError, match=r"dot-product energies \(gvec_w None\) take no location term"):
+        _core.additive_step(**dict(args, gvec_w=None), out_context=ctx, out_weights=w)
     with pytest.raises(ValueError, match="scaling must be a finite number > 0"):
         _core.additive_step(**dict(args, scaling=0.0), out_context=ctx, out_weights=w)
     with pytest.raises(ValueError, match="must be C-contiguous"):

@@ -4,7 +4,7 @@
 ``attnkit._core.additive_step`` (src/cpp/cpu/additive.cc). ``fused_additive_step_reference``
 below is its definition in NumPy, kept as the kernel's test reference. Everything arrives as
 plain arrays already checked by the classes' front doors. The dot-product classes go through
-``dot_product_step``, which hands the work to the C++ SDPA kernel.
+``dot_product_step``, the same kernel with dot-product energies (``gvec_w`` None).
 
 Conventions shared by every function here (index math as tensor indexing):
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import numpy as np
 
 from attnkit import _core
-from attnkit.dot_product import scaled_dot_product_attention
 
 # The C++ kernel, same signature and contract as fused_additive_step_reference.
 fused_additive_step = _core.additive_step
@@ -141,11 +140,13 @@ def fused_additive_step_reference(
     V; Ev may be 0 when only the weights are wanted); lengths int64 ``[B]``; rows int64 ``[N]``;
     q ``[N, A]`` query term; att_in ``[N, R, T]``, conv_w ``[C, R, K]`` (K = 2F+1) and conv_proj
     ``[A, C]``: all three given (the location term) or all None; loc_bias ``[A]`` or None, part of
-    the location term (ignored without it); gvec_w ``[A]``; scaling > 0.
+    the location term (ignored without it); gvec_w ``[A]``, or None for dot-product energies
+    (AttDot; no location term then); scaling > 0.
 
         f[n,t,c] = sum_r sum_j conv_w[c,r,j] * att_in[n,r,t+j-F]        (0 outside [0, T))
         g[n,t,:] = f[n,t,:] conv_proj^T + loc_bias
         e[n,t]   = sum_a gvec_w[a] * tanh(P[rows[n],t,a] + q[n,a] + g[n,t,a])
+                   (gvec_w None: e[n,t] = sum_a P[rows[n],t,a] * q[n,a])
         w[n,:]   = softmax(scaling * e[n, :L]),  L = lengths[rows[n]];  w[n, L:] = 0
         out_weights[n] = w[n]            [N, T]
         out_context[n] = sum_{t<L} w[n,t] * values[rows[n],t]   [N, Ev]
@@ -161,6 +162,11 @@ def fused_additive_step_reference(
     out_weights[...] = 0
     for b, sel in row_groups(rows):
         n_valid = int(lengths[b])
+        if gvec_w is None:
+            w = _softmax_rows(q[sel] @ P[b, :n_valid].T, scaling)  # [n, L]
+            out_weights[sel, :n_valid] = w
+            out_context[sel] = w @ values[b, :n_valid]
+            continue
         x = P[b, None, :n_valid] + q[sel, None, :]  # [n, L, A]: the one per-step temporary
         if g is not None:
             x += g[sel, :n_valid]
@@ -211,31 +217,20 @@ def dot_product_step(K, values, lengths, rows, q, scaling, out_context, out_weig
     out_weights ``[N, T]``. Multi-head: K ``[B, H, T, A]``, values ``[B, H, T, Ev]``, q
     ``[N, H, A]``, out_context ``[N, H, Ev]``, out_weights ``[N, H, T]``.
 
-    Runs on attnkit's C++ SDPA kernel with ``key_lengths``: the rows of one utterance become that
-    utterance's queries, so its K and V are read once for all of them. When every utterance has the
-    same number of contiguous rows (the default ``rows = arange(B)``, or ESPnet's beam layout
-    ``b * beam + k``), that is a single call; otherwise one call per utterance.
+    Runs on the fused step kernel with dot-product energies, one call per head (the multi-head
+    classes store K and V head-major, so each head's block is contiguous). Rows of one utterance
+    share each block of K read from memory. (The SDPA kernel, used here before, packs K on every
+    call: 74 us for AttDot's N=10 T=200 A=320 step on one thread.)
     """
-    heads = K.ndim == 4
-    B, N = K.shape[0], rows.shape[0]
-    if N % B == 0 and np.array_equal(rows, np.repeat(np.arange(B), N // B)):
-        g = N // B
-        # [N, (H,) A] -> [B, G, (H,) A] -> queries of utterance b: [B, (H,) G, A]
-        qb = q.reshape(B, g, *q.shape[1:])
-        qb = qb.transpose(0, 2, 1, 3) if heads else qb
-        ctx, w = scaled_dot_product_attention(qb, K, values, key_lengths=lengths, scale=scaling,
-                                              return_weights=True)
-        if heads:
-            ctx, w = ctx.transpose(0, 2, 1, 3), w.transpose(0, 2, 1, 3)
-        out_context[...] = ctx.reshape(out_context.shape)
-        out_weights[...] = w.reshape(out_weights.shape)
+    if K.ndim == 3:
+        fused_additive_step(K, values, lengths, rows, q, None, None, None, None, None, scaling, out_context, out_weights)
         return
-    for b, sel in row_groups(rows):
-        qb = q[sel][None]
-        qb = qb.transpose(0, 2, 1, 3) if heads else qb
-        ctx, w = scaled_dot_product_attention(qb, K[b : b + 1], values[b : b + 1], key_lengths=lengths[b : b + 1],
-                                              scale=scaling, return_weights=True)
-        if heads:
-            ctx, w = ctx.transpose(0, 2, 1, 3), w.transpose(0, 2, 1, 3)
-        out_context[sel] = ctx[0]
-        out_weights[sel] = w[0]
+    H = K.shape[1]
+    qh = np.ascontiguousarray(q.transpose(1, 0, 2))  # [H, N, A]
+    ctx = np.empty((H, *out_context.shape[::2]), out_context.dtype)  # [H, N, Ev]
+    w = np.empty((H, *out_weights.shape[::2]), out_weights.dtype)  # [H, N, T]
+    for h in range(H):
+        fused_additive_step(np.ascontiguousarray(K[:, h]), np.ascontiguousarray(values[:, h]), lengths, rows, qh[h],
+                            None, None, None, None, None, scaling, ctx[h], w[h])
+    out_context[...] = ctx.transpose(1, 0, 2)
+    out_weights[...] = w.transpose(1, 0, 2)

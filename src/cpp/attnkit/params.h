@@ -48,6 +48,8 @@ namespace attnkit {
 //   ctx[n,:] = sum_t w[n,t] values[rows[n],t,:]
 // AttAdd has no location term; AttLoc/AttCovLoc/AttLoc2D convolve the previous weights (or the
 // coverage sum, or the window); AttCov is the case C = R = K = 1 with proj = wvec.
+// Without gvec (null) the energies are dot products, e[n,t] = sum_a P[rows[n],t,a] q[n,a]
+// (AttDot, with P and q its tanh projections; no location term).
 struct AdditiveStepParams {
   DType dtype = DType::f32;
   int64_t B = 0, T = 0, A = 0, Ev = 0, N = 0;
@@ -61,7 +63,7 @@ struct AdditiveStepParams {
   const void* conv_w = nullptr;      // [C][R][K]
   const void* proj = nullptr;        // [A][C]
   const void* loc_bias = nullptr;    // [A] or null
-  const void* gvec = nullptr;        // [A]
+  const void* gvec = nullptr;        // [A], or null: dot-product energies
   double scaling = 1.0;
   void* context = nullptr;           // [N][Ev]
   void* weights = nullptr;           // [N][T]

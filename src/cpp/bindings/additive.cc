@@ -71,7 +71,7 @@ void additive_step(nb::handle P, nb::handle values, nb::handle lengths, nb::hand
     p.proj = c.get(proj, "conv_proj", {p.A, p.C}, k);
     if (!loc_bias.is_none()) p.loc_bias = c.get(loc_bias, "loc_bias", {p.A}, k);
   }
-  p.gvec = c.get(gvec, "gvec_w", {p.A}, k);
+  if (!gvec.is_none()) p.gvec = c.get(gvec, "gvec_w", {p.A}, k);
   if (!(std::isfinite(scaling) && scaling > 0))
     throw ValueError(std::string(kOp) + ": scaling must be a finite number > 0, got " + std::to_string(scaling));
   p.scaling = scaling;
@@ -89,8 +89,10 @@ void additive_step(nb::handle P, nb::handle values, nb::handle lengths, nb::hand
 void register_additive(nb::module_& m) {
   m.def("additive_step", &additive_step, nb::arg("P"), nb::arg("values"), nb::arg("lengths"), nb::arg("rows"),
         nb::arg("q"), nb::arg("att_in").none(), nb::arg("conv_w").none(), nb::arg("conv_proj").none(),
-        nb::arg("loc_bias").none(), nb::arg("gvec_w"), nb::arg("scaling"), nb::arg("out_context"),
-        nb::arg("out_weights"), "Private kernel entry of the ESPnet additive-family attention steps.");
+        nb::arg("loc_bias").none(), nb::arg("gvec_w").none(), nb::arg("scaling"), nb::arg("out_context"),
+        nb::arg("out_weights"),
+        "Private kernel entry of the ESPnet attention steps: additive family, or dot-product energies "
+        "(AttDot) when gvec_w is None.");
 }
 
 }  // namespace attnkit::bindings

@@ -1,14 +1,18 @@
 // Fused ESPnet additive / location-aware attention step (AdditiveStepParams in params.h),
-// compiled once per ISA. Per task (a slice of rows of one utterance):
+// compiled once per ISA; without gvec, AttDot's dot-product energies take the place of step 2.
+// Per task (a slice of rows of one utterance):
 //   1. location features f[row][c][t] for the valid frames (conv with 2 frame vectors x 5
 //      channels of accumulators, so each load of the padded weights feeds 5 FMAs);
-//   2. energies block by block of 8 frames, the rows of the slice inner, so each block of the
-//      utterance's projection P (8 frames x A, copied once into an L1-resident, zero-padded
+//   2. energies block by block of 12 frames, the rows of the slice inner, so each block of the
+//      utterance's projection P (12 frames x A, copied once into an L1-resident, zero-padded
 //      buffer) serves the whole beam: the pre-activations X = P + q + bias + f proj^T come out of
-//      a register-tiled product (4 frames x 2 vectors of A) and go through the tanh and the
+//      a register-tiled product (6 frames x 2 vectors of A) and go through the tanh and the
 //      gvec dot product without leaving the registers;
-//   3. masked softmax with the scaling, and the context of up to 4 rows at once, so each
-//      vector of the values feeds 4 rows.
+//   3. masked softmax with the scaling, and the context of up to 5 rows at once, so each
+//      vector of the values feeds 5 rows.
+// Register tiles hold 10-12 accumulators: an FMA has 4 cycles of latency and 2 pipes, and with
+// 8 chains the loops ran at 60-75% of the FMA rate (the context 68 -> 54 us per AttDot step with
+// 10, benchmarks/NOTES.md).
 // Nothing of size [N, T, A] is materialised.
 #include <algorithm>
 #include <atomic>
@@ -27,12 +31,12 @@ namespace attnkit::cpu::ATTNKIT_ISA {
 namespace {
 
 constexpr int64_t kMaxRowsPerTask = 8;  // beam rows sharing each P block
-constexpr int64_t kFrameBlock = 8;      // frames per P block (8 x 320 floats = 10 KiB)
-constexpr int kTileFrames = 4;          // pre-activation register tile: 4 frames ...
-constexpr int kAVecs = 2;               // ... x 2 vectors of A (8 accumulators)
+constexpr int64_t kFrameBlock = 12;     // frames per P block (12 x 320 floats = 15 KiB)
+constexpr int kTileFrames = 6;          // pre-activation register tile: 6 frames ...
+constexpr int kAVecs = 2;               // ... x 2 vectors of A (12 accumulators)
 constexpr int kConvChans = 5;           // conv register tile: 5 channels ...
 constexpr int kConvVecs = 2;            // ... x 2 vectors of frames (10 accumulators)
-constexpr int kCtxRows = 4;             // context register tile: 4 rows ...
+constexpr int kCtxRows = 5;             // context register tile: 5 rows ...
 constexpr int kCtxVecs = 2;             // ... x 2 vectors of E
 constexpr double kLog2e = 1.4426950408889634;
 
@@ -81,13 +85,13 @@ struct AdditiveKernel {
     // Whole register tiles of A (2 vectors); the pads are zero in every A-sized operand.
     A_pad = (p.A + kAVecs * W - 1) / (kAVecs * W) * (kAVecs * W);
     F = (p.K - 1) / 2;
-    // Whole conv tiles of frames (they also cover the 4-frame tiles of the energies).
+    // Whole conv tiles of frames, and room for the last 6-frame tile of the energies.
     const int64_t frame_quantum = kConvVecs * W;
-    T_pad = (p.T + frame_quantum - 1) / frame_quantum * frame_quantum;
+    T_pad = (p.T + kTileFrames + frame_quantum - 1) / frame_quantum * frame_quantum;
     // Zero-padded copies: the tail lanes past A then contribute gvec = 0 times anything = 0.
     gvec_pad.assign(A_pad, T(0));
-    std::copy(gvec, gvec + p.A, gvec_pad.begin());
-    for (int64_t a = 0; a < p.A; ++a) gvec_sum += gvec[a];
+    if (gvec) std::copy(gvec, gvec + p.A, gvec_pad.begin());
+    for (int64_t a = 0; gvec && a < p.A; ++a) gvec_sum += gvec[a];
     bias_pad.assign(A_pad, T(0));
     if (params.loc_bias) {
       const T* loc_bias = static_cast<const T*>(params.loc_bias);
@@ -135,14 +139,14 @@ struct AdditiveKernel {
 
   // e[t0 + k] for k < nf (the frames of one block), row n: gvec . tanh(X[k]) with
   // y = 2 log2(e) X[k], X[k] = P[k] + q[n] + bias + sum_c f[c][t0 + k] proj[:, c], from Pblk (the block's rows of P)
-  // and qb = q[n] + bias, both zero-padded to A_pad. Register tiles of 4 frames x 2 vectors of A:
+  // and qb = q[n] + bias, both zero-padded to A_pad. Register tiles of 6 frames x 2 vectors of A:
   // the tile's pre-activations go through the tanh straight from the registers. Frames past nf are
   // computed on zero rows and dropped.
   void energies(const T* Pblk, const T* qb, int64_t t0, int nf, const T* f, T* e) const {
     const T* g = gvec_pad.data();
     for (int k0 = 0; k0 < nf; k0 += kTileFrames) {
       V s[kTileFrames] = {};
-      const T* fk0 = f + t0 + k0;  // f is padded: 4 frames readable past nf
+      const T* fk0 = f + t0 + k0;  // f is padded: a whole tile of frames readable past nf
       for (int64_t a = 0; a < A_pad; a += kAVecs * W) {
         V acc[kTileFrames][kAVecs];
         const V q0 = load(qb + a), q1 = load(qb + a + W);
@@ -178,6 +182,28 @@ struct AdditiveKernel {
     }
   }
 
+  // Dot-product energies (no gvec): e[t0 + j] = P[b, t0 + j] . q[n] for j < nf <= W, one
+  // accumulator per frame over A and one transpose to sum them (no horizontal sums). Not inlined
+  // into the task loop: there the 8 row pointers were spilled and reloaded every iteration.
+  __attribute__((noinline)) void energies_dot(int64_t b, const T* qn, int64_t t0, int nf, T* e) const {
+    const T* rowp[W];
+    for (int j = 0; j < W; ++j) rowp[j] = P + (b * p.T + t0 + std::min(j, nf - 1)) * p.A;
+    V acc[W] = {};
+    const int64_t afull = p.A / W * W;
+    for (int64_t a = 0; a < afull; a += W) {
+      const V qv = load(qn + a);
+      for (int j = 0; j < W; ++j) acc[j] += load(rowp[j] + a) * qv;
+    }
+    if (const int tail = int(p.A - afull)) {
+      const V qv = load_partial(qn + afull, tail);
+      for (int j = 0; j < W; ++j) acc[j] += load_partial(rowp[j] + afull, tail) * qv;
+    }
+    transpose_block<T>(acc);
+    V sum = acc[0];
+    for (int j = 1; j < W; ++j) sum += acc[j];
+    for (int j = 0; j < nf; ++j) e[t0 + j] = sum[j];
+  }
+
   // The block's rows of P times 2 log2(e), zero-padded to [kFrameBlock][A_pad].
   void copy_block(int64_t b, int64_t t0, int nf, T* Pblk) const {
     for (int k = 0; k < kFrameBlock; ++k) {
@@ -190,11 +216,19 @@ struct AdditiveKernel {
   }
 
   // w = softmax(scaling * e) over t < L into the row's output weights, zeros to T.
-  void softmax(int64_t n, int64_t L, const T* e) const {
+  __attribute__((noinline)) void softmax(int64_t n, int64_t L, const T* e) const {
     T* w = static_cast<T*>(p.weights) + n * p.T;
     const T s2 = T(p.scaling * kLog2e);
     T m = -std::numeric_limits<T>::infinity();
-    for (int64_t t = 0; t < L; ++t) m = std::max(m, e[t]);
+    {
+      // Vector max, then the tail: a scalar running max went through the stack (a
+      // store-forwarding chain, ~6 cycles per frame).
+      V mv = splat<T>(m);
+      int64_t t = 0;
+      for (; t + W <= L; t += W) mv = vmax<T>(mv, load(e + t));
+      m = hmax<T>(mv);
+      for (; t < L; ++t) m = std::max(m, e[t]);
+    }
     T sum = 0;
     int64_t t = 0;
     for (; t + W <= L; t += W) {
@@ -211,8 +245,8 @@ struct AdditiveKernel {
     std::fill(w + L, w + p.T, T(0));
   }
 
-  // ctx[n] = sum_t w[n, t] values[b, t, :] for up to 4 rows ns[0..cnt) of utterance b at once.
-  void context(const int64_t* ns, int cnt, int64_t b, int64_t L) const {
+  // ctx[n] = sum_t w[n, t] values[b, t, :] for up to 5 rows ns[0..cnt) of utterance b at once.
+  __attribute__((noinline)) void context(const int64_t* ns, int cnt, int64_t b, int64_t L) const {
     const T* w[kCtxRows];
     T* ctx[kCtxRows];
     for (int r = 0; r < kCtxRows; ++r) {
@@ -296,6 +330,16 @@ struct AdditiveKernel {
       for (int64_t task = begin; task < end; ++task) {
         const auto [i0, i1] = tasks[task];
         const int64_t b = p.rows[order[i0]], L = p.lengths[b];
+        if (!gvec) {
+          // Frames outer, rows inner: each block of W frames of P serves the whole slice from L1.
+          for (int64_t t0 = 0; t0 < L; t0 += W)
+            for (int64_t i = i0; i < i1; ++i)
+              energies_dot(b, q + order[i] * p.A, t0, int(std::min<int64_t>(W, L - t0)), e + (i - i0) * T_pad);
+          for (int64_t i = i0; i < i1; ++i) softmax(order[i], L, e + (i - i0) * T_pad);
+          for (int64_t i = i0; i < i1; i += kCtxRows)
+            context(order.data() + i, int(std::min<int64_t>(kCtxRows, i1 - i)), b, L);
+          continue;
+        }
         if (p.C > 0)
           for (int64_t i = i0; i < i1; ++i) location_features(order[i], L, f + (i - i0) * p.C * T_pad, pad);
         for (int64_t i = i0; i < i1; ++i) {
