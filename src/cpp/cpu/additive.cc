@@ -164,7 +164,7 @@ struct AdditiveKernel {
             acc[k][1] += fk * p1;
           }
         }
-        // The tile's 8 vectors through the tanh at once, vector v * kTileFrames + k = acc[k][v].
+        // The tile's 12 vectors through the tanh at once, vector v * kTileFrames + k = acc[k][v].
         V y[kAVecs * kTileFrames], gv[kAVecs * kTileFrames], qv[kAVecs * kTileFrames];
         for (int v = 0; v < kAVecs; ++v)
           for (int k = 0; k < kTileFrames; ++k) {
