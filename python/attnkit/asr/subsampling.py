@@ -26,19 +26,21 @@ from attnkit.espnet._kernels import PackedWeight, linear
 _IM2COL_ELEMENTS = 1 << 24
 
 
-def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int, padding: int) -> np.ndarray:
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: int, padding: int,
+           packed: PackedWeight | None = None) -> np.ndarray:
     """``torch.nn.Conv2d`` on channels-last maps: x ``[B, T, F, Cin]``, weight ``[Cout, Cin, K, K]``
     (torch's layout), bias ``[Cout]`` -> ``[B, T', F', Cout]`` with T' = (T + 2p - K) // s + 1.
 
     y[b,t,f,o] = bias[o] + sum_{c,i,j} weight[o,c,i,j] * xpad[b, s*t+i, s*f+j, c] (zero padding p):
     one im2col copy of the windows ``[rows, Cin*K*K]`` (ordered c, i, j as the weight) and one GEMM.
+    ``packed``: the weight as ``conv_weight(weight)`` made it once (the layers keep it).
     """
     cout, cin, k, _ = weight.shape
     if padding:
         x = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     B, T, F, _ = x.shape
     t_out, f_out = (T - k) // stride + 1, (F - k) // stride + 1
-    w = weight.reshape(cout, cin * k * k)  # [Cout, Cin*K*K]
+    w = conv_weight(weight) if packed is None else packed
     windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))[:, ::stride, ::stride]
     windows = windows[:, :t_out, :f_out]  # [B, T', F', Cin, K, K], a view
     y = np.empty((B, t_out, f_out, cout), x.dtype)
@@ -50,6 +52,11 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     if bias is not None:
         y += bias
     return y
+
+
+def conv_weight(weight: np.ndarray) -> PackedWeight:
+    """A ``[Cout, Cin, K, K]`` convolution weight as the ``[Cout, Cin*K*K]`` GEMM weight, packed."""
+    return PackedWeight(weight.reshape(weight.shape[0], -1))
 
 
 def channel_major(x: np.ndarray) -> np.ndarray:
@@ -107,6 +114,7 @@ class Conv2dSubsampling:
         self.param_shapes = self.shapes(idim, channels, units)
         self.params = checked_params(op, params, self.param_shapes, self.dtype)
         self._w_out = PackedWeight(self.params["out.0.weight"])
+        self._w_conv = {name: conv_weight(self.params[f"{name}.weight"]) for name in ("conv.0", "conv.2")}
 
     @staticmethod
     def reduce(n):
@@ -128,8 +136,8 @@ class Conv2dSubsampling:
                              f"subsampling), got {lengths.tolist()}")
         p = self.params
         h = zero_past(x.astype(self.dtype)[..., None], lengths)  # [B, T, F, 1]
-        h = np.maximum(conv2d(h, p["conv.0.weight"], p["conv.0.bias"], 2, 0), 0)
-        h = np.maximum(conv2d(h, p["conv.2.weight"], p["conv.2.bias"], 2, 0), 0)
+        h = np.maximum(conv2d(h, p["conv.0.weight"], p["conv.0.bias"], 2, 0, self._w_conv["conv.0"]), 0)
+        h = np.maximum(conv2d(h, p["conv.2.weight"], p["conv.2.bias"], 2, 0, self._w_conv["conv.2"]), 0)
         h = h[:, : int(out_lengths.max())]
         y = linear(channel_major(h), self._w_out, p["out.0.bias"])
         if self.positional_encoding:
@@ -159,6 +167,8 @@ class VGG2L:
         self.dtype = float_dtype(op, dtype)
         self.param_shapes = self.shapes(in_channel)
         self.params = checked_params(op, params, self.param_shapes, self.dtype)
+        self._w_conv = {name: conv_weight(self.params[f"{name}.weight"])
+                        for name in ("conv1_1", "conv1_2", "conv2_1", "conv2_2")}
 
     @staticmethod
     def shapes(in_channel: int) -> dict[str, tuple[int, ...]]:
@@ -186,7 +196,7 @@ class VGG2L:
                 # utterance alone would see: its zero padding.
                 h = zero_past(np.ascontiguousarray(h), lengths)
                 w, b = self.params[f"{block}{layer}.weight"], self.params[f"{block}{layer}.bias"]
-                h = np.maximum(conv2d(h, w, b, 1, 1), 0)
+                h = np.maximum(conv2d(h, w, b, 1, 1, self._w_conv[block + layer]), 0)
             h = self._max_pool(zero_past(h, lengths))
             lengths = ceil_half(lengths)
         return zero_past(channel_major(h), lengths), lengths
