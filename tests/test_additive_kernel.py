@@ -106,7 +106,7 @@ def test_kernel_errors_name_the_argument(rng):
 @pytest.mark.parametrize("N,K,A", [(1, 1, 1), (1, 19, 45), (3, 7, 5), (10, 320, 320), (17, 9, 37), (41, 33, 130)])
 @pytest.mark.parametrize("packed", [False, True])
 def test_step_linear_matches_numpy(isa, rng, dtype, N, K, A, packed):
-    from attnkit.espnet._kernels import PackedWeight, linear
+    from attnkit._linear import PackedWeight, linear
 
     x, w, b = rng.standard_normal((N, K)), rng.standard_normal((A, K)), rng.standard_normal(A)
     ref = x @ w.T
@@ -116,7 +116,7 @@ def test_step_linear_matches_numpy(isa, rng, dtype, N, K, A, packed):
 
 
 def test_packed_linear_checks_the_panels(rng):
-    from attnkit.espnet._kernels import PackedWeight
+    from attnkit._linear import PackedWeight
 
     x, w = rng.standard_normal((2, 5)).astype(np.float32), rng.standard_normal((20, 5)).astype(np.float32)
     packed = PackedWeight(w)

@@ -24,7 +24,7 @@ from attnkit._core import UnsupportedError
 from attnkit.asr._rows import row_index, select_rows
 from attnkit.asr.rnn import gru_cell, lstm_cell, lstm_from_gates
 from attnkit.espnet import AttForwardTA, EspnetAttention, GDCAttLoc, NoAtt, Prepared, compat, initial_att
-from attnkit.espnet._kernels import PackedWeight, linear
+from attnkit._linear import PackedWeight, linear
 
 #: Gate count per RNN type (PyTorch layout: LSTM i, f, g, o; GRU r, z, n).
 RNN_GATES = {"lstm": 4, "gru": 3}

@@ -20,7 +20,7 @@ from attnkit._core import UnsupportedError
 from attnkit.asr.params import checked_params, float_dtype, padded_batch, with_prefix
 from attnkit.asr.rnn import PackedRNN, packed_rnn_shapes
 from attnkit.asr.subsampling import Conv2dSubsampling, VGG2L, ceil_half, zero_past
-from attnkit.espnet._kernels import PackedWeight, linear
+from attnkit._linear import PackedWeight, linear
 
 
 def split_typ(op: str, typ: str) -> tuple[str, bool]:

@@ -16,7 +16,7 @@ from attnkit._arrays import describe
 from attnkit.asr._rows import row_index, select_rows
 from attnkit.asr.decoder import log_softmax
 from attnkit.asr.rnn import gru_cell, lstm_cell
-from attnkit.espnet._kernels import PackedWeight, linear
+from attnkit._linear import PackedWeight, linear
 
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

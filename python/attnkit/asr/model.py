@@ -25,7 +25,7 @@ from attnkit.asr.encoder import RNNEncoder, encoder_conf_with_defaults
 from attnkit.asr.normalize import GlobalMVN
 from attnkit.asr.params import checked_params, float_dtype, padded_batch, with_prefix
 from attnkit.asr.rnn import GATES
-from attnkit.espnet._kernels import linear
+from attnkit._linear import linear
 from attnkit.espnet.factory import initial_att
 
 #: Version of the ``config.yaml`` layout written by ``AsrModel.save``.

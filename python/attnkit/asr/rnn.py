@@ -18,7 +18,7 @@ import numpy as np
 
 from attnkit._arrays import describe, host_float_array, lengths_array
 from attnkit.asr.params import checked_params, float_dtype
-from attnkit.espnet._kernels import PackedWeight, linear
+from attnkit._linear import PackedWeight, linear
 
 #: Gates per cell type: G in the ``[G*H, ...]`` weight shapes.
 GATES = {"lstm": 4, "gru": 3}

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from attnkit.asr.params import checked_params, float_dtype, padded_batch
-from attnkit.espnet._kernels import PackedWeight, linear
+from attnkit._linear import PackedWeight, linear
 
 # im2col copies are made in pieces of at most this many elements (64 MB in float32), so a long
 # utterance through VGG2L (T x 80 x 576 columns for conv1_2) does not need gigabytes.

@@ -17,7 +17,8 @@ import numpy as np
 
 from attnkit._arrays import describe, host_float_array, lengths_array, positive_scalar
 from attnkit._core import UnsupportedError
-from attnkit.espnet._kernels import PackedWeight, fused_additive_step, fused_additive_step_windowed, linear
+from attnkit._linear import PackedWeight, linear
+from attnkit.espnet._kernels import fused_additive_step, fused_additive_step_windowed
 
 #: Prefixes under which ESPnet checkpoints store the (first) attention module: espnet1 ``Decoder``
 #: (``att.0.``), espnet1 ``E2E`` (``dec.att.0.``, the same tensors registered a second time) and

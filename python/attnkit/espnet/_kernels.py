@@ -25,56 +25,6 @@ from attnkit import _core
 fused_additive_step = _core.additive_step
 
 
-class PackedWeight:
-    """A Linear weight ``[A, K]`` stored once in the panel layout of attnkit's linear kernel.
-
-    Panels of P = 64 bytes of outputs (16 float32, 8 float64), each ``[K, P]`` contiguous, the last
-    one zero-padded: the kernel broadcasts x and adds into P output accumulators, with no
-    horizontal sums, about twice as fast as the ``[A, K]`` layout on a decoder step's products
-    (benchmarks/NOTES.md). Modules pack their weights once and pass this to ``linear`` in place of
-    the array. ``shape`` and ``dtype`` are those of the original weight.
-    """
-
-    __slots__ = ("shape", "dtype", "panels")
-
-    def __init__(self, weight: np.ndarray):
-        weight = np.asarray(weight)
-        if weight.ndim != 2 or weight.dtype not in (np.float32, np.float64):
-            raise TypeError(f"PackedWeight: weight must be a 2-D float32 or float64 array, got "
-                            f"{weight.dtype} {weight.shape}")
-        A, K = weight.shape
-        P = 64 // weight.itemsize
-        n = -(-A // P)
-        padded = np.zeros((n * P, K), weight.dtype)
-        padded[:A] = weight
-        panels = np.ascontiguousarray(padded.reshape(n, P, K).transpose(0, 2, 1))
-        panels.flags.writeable = False
-        self.shape, self.dtype, self.panels = (A, K), weight.dtype, panels
-
-    def __repr__(self) -> str:
-        return f"PackedWeight(shape={self.shape}, dtype={self.dtype})"
-
-
-def linear(x: np.ndarray, weight: np.ndarray | PackedWeight, bias: np.ndarray | None = None) -> np.ndarray:
-    """x ``[..., K]`` weight^T + bias, ``[..., A]`` for weight ``[A, K]`` (an array, or the same
-    weight as a ``PackedWeight``), on attnkit's own threads.
-
-    A step's projections go through this rather than ``@``: NumPy's BLAS keeps its threads
-    spinning after each call, and beside attnkit's pool on 2 cores that made a 2-thread AttLoc
-    step (N=10, T=200) slower than a 1-thread one (1255 vs 999 us; 587 us with this). On a
-    loaded machine OpenBLAS's threads are worse still: a [4, 50, 128] x [128, 128] product took
-    111 ms beside a training run, this kernel 0.1 ms. Model code uses this for every projection."""
-    lead = x.shape[:-1]
-    x = np.ascontiguousarray(x, dtype=weight.dtype).reshape(-1, x.shape[-1])
-    A = weight.shape[0]
-    out = np.empty((x.shape[0], A), dtype=weight.dtype)
-    if isinstance(weight, PackedWeight):
-        _core.linear(x, weight.panels, bias, out, packed=True)
-    else:
-        _core.linear(x, weight, bias, out)
-    return out.reshape(*lead, A)
-
-
 def row_groups(rows: np.ndarray) -> list[tuple[int, slice | np.ndarray]]:
     """Splits step rows by utterance: ``[(b, sel)]`` with ``rows[sel] == b``.
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from attnkit.espnet._base import AttentionOutput, EncoderProjection, Prepared, peak_of
-from attnkit.espnet._kernels import dot_product_step, linear
+from attnkit._linear import linear
+from attnkit.espnet._kernels import dot_product_step
 
 
 class AttDot(EncoderProjection):

@@ -13,7 +13,8 @@ import math
 import numpy as np
 
 from attnkit.espnet._base import AttentionOutput, EspnetAttention, Prepared, check_array, peak_of
-from attnkit.espnet._kernels import PackedWeight, dot_product_step, fused_additive_step, linear
+from attnkit._linear import PackedWeight, linear
+from attnkit.espnet._kernels import dot_product_step, fused_additive_step
 
 
 class MultiHead(EspnetAttention):
