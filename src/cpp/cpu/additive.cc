@@ -36,8 +36,7 @@ constexpr int kTileFrames = 6;          // pre-activation register tile: 6 frame
 constexpr int kAVecs = 2;               // ... x 2 vectors of A (12 accumulators)
 constexpr int kConvChans = 5;           // conv register tile: 5 channels ...
 constexpr int kConvVecs = 2;            // ... x 2 vectors of frames (10 accumulators)
-constexpr int kCtxRows = 5;             // context register tile: 5 rows ...
-constexpr int kCtxVecs = 2;             // ... x 2 vectors of E
+constexpr int kCtxRows = 5;             // context register tile: up to 5 rows x 2-8 vectors of E
 constexpr double kLog2e = 1.4426950408889634;
 
 // gvec . tanh(x) summed over A, written as sum(g) - 2 sum(g / (2^y + 1)) with y = 2 log2(e) x:
@@ -245,42 +244,55 @@ struct AdditiveKernel {
     std::fill(w + L, w + p.T, T(0));
   }
 
-  // ctx[n] = sum_t w[n, t] values[b, t, :] for up to 5 rows ns[0..cnt) of utterance b at once.
-  __attribute__((noinline)) void context(const int64_t* ns, int cnt, int64_t b, int64_t L) const {
-    const T* w[kCtxRows];
-    T* ctx[kCtxRows];
-    for (int r = 0; r < kCtxRows; ++r) {
-      const int64_t n = ns[std::min(r, cnt - 1)];
-      w[r] = static_cast<const T*>(p.weights) + n * p.T;
-      ctx[r] = static_cast<T*>(p.context) + n * p.Ev;
+  // ctx[n] = sum_t w[n, t] values[b, t, :] for the R rows ns[0..R) of utterance b at once, so
+  // each vector of the values feeds R rows; NV vectors of E per pass keep ~10 accumulators
+  // whatever R is (a single row with 5-row tiles computed 5 rows' worth).
+  template <int R>
+  void context_rows(const int64_t* ns, int64_t b, int64_t L) const {
+    constexpr int NV = R >= 4 ? 2 : (R == 3 ? 3 : 8 / R);
+    const T* w[R];
+    T* ctx[R];
+    for (int r = 0; r < R; ++r) {
+      w[r] = static_cast<const T*>(p.weights) + ns[r] * p.T;
+      ctx[r] = static_cast<T*>(p.context) + ns[r] * p.Ev;
     }
     const T* vb = values + b * p.T * p.Ev;
-    const int64_t efull = p.Ev / W * W;
-    const int etail = int(p.Ev - efull);
     int64_t e0 = 0;
-    for (; e0 + kCtxVecs * W <= efull; e0 += kCtxVecs * W) {
-      V acc[kCtxRows][kCtxVecs] = {};
+    for (; e0 + NV * W <= p.Ev; e0 += NV * W) {
+      V acc[R][NV] = {};
       for (int64_t t = 0; t < L; ++t) {
-        const V v0 = load(vb + t * p.Ev + e0), v1 = load(vb + t * p.Ev + e0 + W);
-        for (int r = 0; r < kCtxRows; ++r) {
+        V vv[NV];
+        for (int v = 0; v < NV; ++v) vv[v] = load(vb + t * p.Ev + e0 + v * W);
+        for (int r = 0; r < R; ++r) {
           const V wr = splat<T>(w[r][t]);
-          acc[r][0] += wr * v0;
-          acc[r][1] += wr * v1;
+          for (int v = 0; v < NV; ++v) acc[r][v] += wr * vv[v];
         }
       }
-      for (int r = 0; r < cnt; ++r) {
-        store(ctx[r] + e0, acc[r][0]);
-        store(ctx[r] + e0 + W, acc[r][1]);
-      }
+      for (int r = 0; r < R; ++r)
+        for (int v = 0; v < NV; ++v) store(ctx[r] + e0 + v * W, acc[r][v]);
     }
     for (; e0 < p.Ev; e0 += W) {
       const int width = int(std::min<int64_t>(W, p.Ev - e0));
-      V acc[kCtxRows] = {};
+      V acc[R] = {};
       for (int64_t t = 0; t < L; ++t) {
         const V v0 = width == W ? load(vb + t * p.Ev + e0) : load_partial(vb + t * p.Ev + e0, width);
-        for (int r = 0; r < kCtxRows; ++r) acc[r] += splat<T>(w[r][t]) * v0;
+        for (int r = 0; r < R; ++r) acc[r] += splat<T>(w[r][t]) * v0;
       }
-      for (int r = 0; r < cnt; ++r) store_partial(ctx[r] + e0, acc[r], width);
+      for (int r = 0; r < R; ++r) store_partial(ctx[r] + e0, acc[r], width);
+    }
+  }
+
+  // The context of rows ns[0..cnt) of utterance b, kCtxRows at a time.
+  __attribute__((noinline)) void context(const int64_t* ns, int64_t cnt, int64_t b, int64_t L) const {
+    static_assert(kCtxRows == 5, "context() dispatches tiles of 1 to 5 rows");
+    for (int64_t i = 0; i < cnt; i += kCtxRows) {
+      switch (std::min<int64_t>(kCtxRows, cnt - i)) {
+        case 1: context_rows<1>(ns + i, b, L); break;
+        case 2: context_rows<2>(ns + i, b, L); break;
+        case 3: context_rows<3>(ns + i, b, L); break;
+        case 4: context_rows<4>(ns + i, b, L); break;
+        default: context_rows<5>(ns + i, b, L); break;
+      }
     }
   }
 
@@ -336,8 +348,7 @@ struct AdditiveKernel {
             for (int64_t i = i0; i < i1; ++i)
               energies_dot(b, q + order[i] * p.A, t0, int(std::min<int64_t>(W, L - t0)), e + (i - i0) * T_pad);
           for (int64_t i = i0; i < i1; ++i) softmax(order[i], L, e + (i - i0) * T_pad);
-          for (int64_t i = i0; i < i1; i += kCtxRows)
-            context(order.data() + i, int(std::min<int64_t>(kCtxRows, i1 - i)), b, L);
+          context(order.data() + i0, i1 - i0, b, L);
           continue;
         }
         if (p.C > 0)
@@ -354,8 +365,7 @@ struct AdditiveKernel {
             energies(Pblk, qb + (i - i0) * A_pad, t0, nf, f + (i - i0) * p.C * T_pad, e + (i - i0) * T_pad);
         }
         for (int64_t i = i0; i < i1; ++i) softmax(order[i], L, e + (i - i0) * T_pad);
-        for (int64_t i = i0; i < i1; i += kCtxRows)
-          context(order.data() + i, int(std::min<int64_t>(kCtxRows, i1 - i)), b, L);
+        context(order.data() + i0, i1 - i0, b, L);
       }
     });
     if (out_of_memory.load()) throw std::bad_alloc();
