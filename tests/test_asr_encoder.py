@@ -172,12 +172,13 @@ DTYPES = [np.float32, np.float64]
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cell,bidirectional", [("lstm", True), ("lstm", False), ("gru", True), ("gru", False)])
-def test_packed_rnn_matches_reference(rng, dtype, cell, bidirectional):
-    params = random_params(packed_rnn_shapes(5, 7, 3, bidirectional, cell), rng)
+@pytest.mark.parametrize("hidden", [7, 19])  # LSTM: the C++ layer's vector tail, and a full vector plus one
+def test_packed_rnn_matches_reference(isa, rng, dtype, cell, bidirectional, hidden):
+    params = random_params(packed_rnn_shapes(5, hidden, 3, bidirectional, cell), rng)
     lengths = [5, 9, 1, 7]
     x = padded_batch(rng, lengths, 5, frames=11)
-    rnn = PackedRNN(params, input_size=5, hidden_size=7, num_layers=3, bidirectional=bidirectional, rnn_type=cell,
-                    dtype=dtype)
+    rnn = PackedRNN(params, input_size=5, hidden_size=hidden, num_layers=3, bidirectional=bidirectional,
+                    rnn_type=cell, dtype=dtype)
     y = rnn(x.astype(dtype), np.array(lengths))
     refs = [ref_torch_rnn(x[b, :n], params, 3, bidirectional, cell) for b, n in enumerate(lengths)]
     check_batch(y, lengths, refs, dtype, f"PackedRNN {cell} bidirectional={bidirectional}")
@@ -412,3 +413,19 @@ def test_global_mvn_matches_espnet(rng, tmp_path):
     y, _ = ours(x, [4, 2])
     ref, _ = reference(torch.from_numpy(np.nan_to_num(x)), torch.tensor([4, 2]))
     assert_close(y, ref.numpy().astype(np.float64), np.float32, "GlobalMVN vs ESPnet")
+
+
+def test_lstm_layer_kernel_checks_its_arguments(rng):
+    from attnkit import _core
+    from attnkit._linear import PackedWeight
+
+    T, B, H = 3, 2, 5
+    gx = rng.standard_normal((T, B, 4 * H)).astype(np.float32)
+    w = PackedWeight(rng.standard_normal((4 * H, H)).astype(np.float32))
+    out = np.zeros((T, B, H), np.float32)
+    with pytest.raises(ValueError, match=r"active must lie in \[0, B=2\], got active\[1\]=3"):
+        _core.lstm_layer(gx, w.panels, None, np.array([2, 3, 1]), False, out)
+    with pytest.raises(ValueError, match=r"weight_hh must be .* shape \(2, 5, 16\)"):
+        _core.lstm_layer(gx, w.panels[:1], None, np.array([2, 2, 1]), False, out)
+    with pytest.raises(ValueError, match=r"gx must be .* shape \(3, 2, 20\)"):
+        _core.lstm_layer(gx[:, :, :-1].copy(), w.panels, None, np.array([2, 2, 1]), False, out)

@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from attnkit import _core
 from attnkit._arrays import describe, host_float_array, lengths_array
 from attnkit.asr.params import checked_params, float_dtype
 from attnkit._linear import PackedWeight, linear
@@ -156,6 +157,12 @@ class PackedRNN:
         T, B, H = gx.shape[0], gx.shape[1], self.hidden_size
         w_hh, b_hh = self._w_hh[f"{layer}{suffix}"], self.params[f"bias_hh_l{layer}{suffix}"]
         out = np.zeros((T, B, H), self.dtype)
+        if self.rnn_type == "lstm":
+            # The whole recurrence in one C++ call (src/cpp/cpu/lstm.cc): the frame loop below
+            # costs ~30 us of NumPy calls per frame. Same cell and order of operations.
+            _core.lstm_layer(np.ascontiguousarray(gx), w_hh.panels, b_hh, np.ascontiguousarray(active, np.int64),
+                             bool(suffix), out)
+            return out
         h = np.zeros((B, H), self.dtype)
         c = np.zeros((B, H), self.dtype) if self.rnn_type == "lstm" else None
         # Backward: a row becomes active at its own last frame, still holding its zero state.

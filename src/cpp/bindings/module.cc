@@ -8,4 +8,5 @@ NB_MODULE(_core, m) {
   register_dot_product(m);
   register_additive(m);
   register_linear(m);
+  register_lstm(m);
 }

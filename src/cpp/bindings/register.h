@@ -7,4 +7,5 @@ void register_runtime(nanobind::module_& m);
 void register_dot_product(nanobind::module_& m);
 void register_additive(nanobind::module_& m);
 void register_linear(nanobind::module_& m);
+void register_lstm(nanobind::module_& m);
 }  // namespace attnkit::bindings

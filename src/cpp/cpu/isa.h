@@ -24,7 +24,8 @@ void set_active_isa(const std::string& name);  // throws ValueError / Unsupporte
 #define ATTNKIT_DECLARE_CPU_KERNELS                                                         \
   void sdpa_forward(const ::attnkit::SdpaParams& p);                                      \
   void additive_step(const ::attnkit::AdditiveStepParams& p);                             \
-  void linear(const ::attnkit::LinearParams& p);
+  void linear(const ::attnkit::LinearParams& p);                                          \
+  void lstm_layer(const ::attnkit::LstmLayerParams& p);
 
 namespace portable { ATTNKIT_DECLARE_CPU_KERNELS }
 #ifdef ATTNKIT_HAVE_AVX2

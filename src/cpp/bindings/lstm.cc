@@ -1,0 +1,69 @@
+// Binding of one LSTM layer direction (LstmLayerParams): gx [T, B, 4H], weight_hh packed
+// [ceil(4H/P), H, P] (attnkit._linear.PackedWeight.panels), bias_hh [4H] or None, active int64
+// [T], out [T, B, H]; C-contiguous, one float dtype. Private: attnkit.asr.rnn.PackedRNN calls it.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bindings/host_array.h"
+#include "bindings/register.h"
+#include "ops/lstm.h"
+
+namespace attnkit::bindings {
+
+namespace {
+
+constexpr const char* kOp = "lstm_layer";
+
+void check(const HostArray& a, const char* name, Kind kind, const std::vector<int64_t>& shape) {
+  bool ok = a.ndim() == int(shape.size()) && a.kind() == kind;
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(int(i)) == shape[i];
+  int64_t expect = 1;
+  for (int i = a.ndim() - 1; ok && i >= 0; --i) {
+    ok = a.shape(i) == 1 || a.stride(i) == expect;
+    expect *= a.shape(i);
+  }
+  if (!ok) {
+    std::string want = "(";
+    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+    throw ValueError(std::string(kOp) + ": " + name + " must be a C-contiguous array of the layer's dtype and shape " +
+                     want + (shape.size() == 1 ? ",)" : ")") + ", got " + a.dtype_name() + " " + a.shape_str());
+  }
+}
+
+void lstm_layer(nb::handle gx_obj, nb::handle w_obj, nb::handle b_obj, nb::handle active_obj, bool reverse,
+                nb::handle out_obj) {
+  HostArray gx(gx_obj, kOp, "gx"), w(w_obj, kOp, "weight_hh"), active(active_obj, kOp, "active"),
+      out(out_obj, kOp, "out");
+  if ((gx.kind() != Kind::f32 && gx.kind() != Kind::f64) || gx.ndim() != 3 || out.ndim() != 3)
+    throw TypeError(std::string(kOp) + ": gx and out must be 3-D float32 or float64 arrays");
+  LstmLayerParams p;
+  p.dtype = gx.kind() == Kind::f32 ? DType::f32 : DType::f64;
+  p.T = gx.shape(0), p.B = gx.shape(1), p.H = out.shape(2);
+  const int64_t panel = kLinearPanelBytes / (gx.kind() == Kind::f32 ? 4 : 8);
+  check(gx, "gx", gx.kind(), {p.T, p.B, 4 * p.H});
+  check(w, "weight_hh", gx.kind(), {(4 * p.H + panel - 1) / panel, p.H, panel});
+  check(active, "active", Kind::i64, {p.T});
+  check(out, "out", gx.kind(), {p.T, p.B, p.H});
+  if (out.readonly()) throw ValueError(std::string(kOp) + ": out must be writeable");
+  std::unique_ptr<HostArray> b;
+  if (!b_obj.is_none()) {
+    b = std::make_unique<HostArray>(b_obj, kOp, "bias_hh");
+    check(*b, "bias_hh", gx.kind(), {4 * p.H});
+    p.b_hh = b->data();
+  }
+  p.gx = gx.data(), p.w_hh = w.data(), p.active = static_cast<const int64_t*>(active.data());
+  p.reverse = reverse, p.out = out.data();
+  nb::gil_scoped_release release;
+  lstm_layer_cpu(p);
+}
+
+}  // namespace
+
+void register_lstm(nb::module_& m) {
+  m.def("lstm_layer", &lstm_layer, nb::arg("gx"), nb::arg("weight_hh"), nb::arg("bias_hh").none(),
+        nb::arg("active"), nb::arg("reverse"), nb::arg("out"),
+        "Private: one direction of an LSTM layer over a padded batch (attnkit.asr.rnn.PackedRNN).");
+}
+
+}  // namespace attnkit::bindings
