@@ -127,3 +127,19 @@ def test_packed_linear_checks_the_panels(rng):
         _core.linear(x, w, None, np.empty((2, 20), np.float32), packed=True)
     with pytest.raises(TypeError, match="PackedWeight: weight must be a 2-D float32 or float64 array"):
         PackedWeight(w.astype(np.int32))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_linear_copies_a_misaligned_input(rng, packed):
+    """np.ascontiguousarray keeps a misaligned view; linear must not hand it to the kernel."""
+    from attnkit._linear import PackedWeight, linear
+
+    x, w = rng.standard_normal((3, 7)), rng.standard_normal((5, 7))
+    raw = np.zeros(x.size * 8 + 1, np.uint8)
+    view = np.frombuffer(raw.data, dtype=np.float64, count=x.size, offset=1).reshape(x.shape)
+    view[...] = x
+    assert not view.flags.aligned
+    got = linear(view, PackedWeight(w) if packed else w)
+    assert_close(got, x @ w.T, np.float64, "linear of a misaligned x")
+    with pytest.raises(ValueError, match="x must be an aligned, C-contiguous array"):
+        _core.linear(view, w, None, np.empty((3, 5)))

@@ -51,7 +51,9 @@ def linear(x: np.ndarray, weight: np.ndarray | PackedWeight, bias: np.ndarray | 
     loaded machine OpenBLAS's threads are worse still: a [4, 50, 128] x [128, 128] product took
     111 ms beside a training run, this kernel 0.1 ms. Model code uses this for every projection."""
     lead = x.shape[:-1]
-    x = np.ascontiguousarray(x, dtype=weight.dtype).reshape(-1, x.shape[-1])
+    # C-contiguous and aligned (np.ascontiguousarray keeps a misaligned view, e.g. from an
+    # offset np.frombuffer, and the kernel reads elements through typed pointers).
+    x = np.require(x, dtype=weight.dtype, requirements="CA").reshape(-1, x.shape[-1])
     A = weight.shape[0]
     out = np.empty((x.shape[0], A), dtype=weight.dtype)
     if isinstance(weight, PackedWeight):

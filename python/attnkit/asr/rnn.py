@@ -158,8 +158,8 @@ class PackedRNN:
         w_hh, b_hh = self._w_hh[f"{layer}{suffix}"], self.params[f"bias_hh_l{layer}{suffix}"]
         out = np.zeros((T, B, H), self.dtype)
         if self.rnn_type == "lstm":
-            # The whole recurrence in one C++ call (src/cpp/cpu/lstm.cc): the frame loop below
-            # costs ~30 us of NumPy calls per frame. Same cell and order of operations.
+            # The whole recurrence in one C++ call (src/cpp/cpu/lstm.cc), the same cell; the frame
+            # loop below (still GRU's) costs ~30 us of NumPy calls per frame.
             _core.lstm_layer(np.ascontiguousarray(gx), w_hh.panels, b_hh, np.ascontiguousarray(active, np.int64),
                              bool(suffix), out)
             return out

@@ -16,6 +16,7 @@ constexpr const char* kOp = "linear";
 void check(const HostArray& a, const char* name, Kind kind, int ndim, const int64_t* shape) {
   bool ok = a.ndim() == ndim && a.kind() == kind;
   for (int i = 0; ok && i < ndim; ++i) ok = a.shape(i) == shape[i];
+  ok = ok && a.aligned();
   int64_t expect = 1;
   for (int i = ndim - 1; ok && i >= 0; --i) {
     ok = a.shape(i) == 1 || a.stride(i) == expect;
@@ -24,7 +25,7 @@ void check(const HostArray& a, const char* name, Kind kind, int ndim, const int6
   if (!ok) {
     std::string want = "(" + std::to_string(shape[0]);
     for (int i = 1; i < ndim; ++i) want += ", " + std::to_string(shape[i]);
-    throw ValueError(std::string(kOp) + ": " + name + " must be a C-contiguous array of the step's dtype and shape " +
+    throw ValueError(std::string(kOp) + ": " + name + " must be an aligned, C-contiguous array of the step's dtype and shape " +
                      want + (ndim == 1 ? ",)" : ")") + ", got " + a.dtype_name() + " " + a.shape_str());
   }
 }

@@ -47,9 +47,9 @@ constexpr double kLog2e = 1.4426950408889634;
 // divider beside the FMA pipes, which the projection saturates (an estimate plus a Newton step
 // would add two FMA-pipe operations per vector), and it absorbs the multiply by g.
 constexpr double kTwoLog2e = 2 * kLog2e;
-// q[j] = g[j] / (2^y[j] + 1) for J vectors, stage by stage: the J independent chains interleave
-// in the instruction stream (a tanh is a ~50-cycle chain; one vector after the other, the
-// scheduler filled up with waiting operations: 530 -> 487 us per AttLoc step, benchmarks/NOTES.md).
+// q[j] = g[j] / (2^y[j] + 1) for J vectors, stage by stage, so the J independent ~50-cycle
+// chains interleave in the instruction stream. One vector after the other ran at 8.4 cycles per
+// vector where the ports allow ~4; stage by stage an AttLoc step went 530 -> 487 us (NOTES.md).
 template <typename T, int J> inline void weighted_sigmoids(const Vec<T>* y, const Vec<T>* g, Vec<T>* q) {
   using C = Exp2Consts<T>;
   const T lim = sizeof(T) == 8 ? T(19.5 * kTwoLog2e) : T(9 * kTwoLog2e);
