@@ -185,6 +185,15 @@ def test_bench_plot_writes_pngs_during_a_run_and_from_json(tmp_path, capsys):
     assert "no GPU backend ran" in err
 
 
+def test_bench_plot_writes_svg_on_request(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "run.json"
+    assert main(TINY + ["--json", str(path)]) == 0
+    assert main(["bench", "plot", str(path), "--out", str(tmp_path / "svg"), "--format", "svg"]) == 0
+    svg = (tmp_path / "svg" / "throughput-sdpa-float32-1thr.svg").read_text()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+
+
 def test_gpu_speedup_plot_pairs_each_gpu_backend_with_its_cpu_peer(tmp_path):
     pytest.importorskip("matplotlib")
 

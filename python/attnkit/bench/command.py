@@ -105,8 +105,8 @@ def _count(x: int | None, scale: float, unit: str) -> str:
     return f"{'-':>12} {unit}" if x is None else f"{x / scale:12,.2f} {unit}"
 
 
-def write_plots(records: list[dict], out_dir: str, title: str, command: str) -> None:
-    paths, notes = plots.write_plots(records, out_dir, title)
+def write_plots(records: list[dict], out_dir: str, title: str, command: str, fmt: str = "png") -> None:
+    paths, notes = plots.write_plots(records, out_dir, title, fmt)
     for path in paths:
         print(f"wrote {path}", file=sys.stderr)
     for note in notes:
@@ -125,7 +125,7 @@ def run_compare(args) -> int:
 def run_plot(args) -> int:
     try:
         header, _, records = load(args.results)
-        write_plots(records, args.out, f"{header['cpu_model']}, {header['date']}", "attnkit bench plot")
+        write_plots(records, args.out, f"{header['cpu_model']}, {header['date']}", "attnkit bench plot", args.format)
     except (ImportError, OSError, ValueError, KeyError) as e:
         print(f"attnkit bench plot: {e}", file=sys.stderr)
         return 2
@@ -207,9 +207,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     c.add_argument("a", metavar="A.json")
     c.add_argument("b", metavar="B.json")
     pl = sub.add_parser("plot", help="plot a JSON-lines file written by --json (needs matplotlib)",
-                        description="Writes the PNGs of --plot for a saved run: throughput against sequence "
+                        description="Writes the plots of --plot for a saved run: throughput against sequence "
                                     "length per backend, GPU-over-CPU speed-ups.")
     pl.add_argument("results", metavar="RESULTS.json")
-    pl.add_argument("--out", required=True, metavar="DIR", help="folder for the PNGs (created if needed)")
+    pl.add_argument("--out", required=True, metavar="DIR", help="folder for the plots (created if needed)")
+    pl.add_argument("--format", choices=plots.FORMATS, default="png",
+                    help="png (default) or svg (text: small enough to commit beside the results)")
     p.set_defaults(func=run_bench)
     return p

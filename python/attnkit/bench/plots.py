@@ -1,4 +1,5 @@
-"""`attnkit bench --plot DIR` and `attnkit bench plot RESULTS.json --out DIR`: PNGs of a run.
+"""`attnkit bench --plot DIR` and `attnkit bench plot RESULTS.json --out DIR [--format svg]`: plots
+of a run, PNG by default, SVG (text, small enough to commit beside the results) on request.
 
 - ``throughput-<op>-<dtype>-<N>thr.png``: GFLOP/s against sequence length (keys / encoder frames)
   on log-log axes, one panel per workload series (the case label without its length), one line
@@ -40,14 +41,21 @@ def _series(r: dict) -> str:
     return r.get("series") or r["name"]
 
 
-def _filename(*parts) -> str:
-    return "-".join(str(p).replace(" ", "_").replace("/", "_") for p in parts) + ".png"
+FORMATS = ("png", "svg")
 
 
-def write_plots(records: list[dict], out_dir, title: str = "") -> tuple[list[Path], list[str]]:
-    """Writes the PNGs for the "case" records of a run into `out_dir` (created if needed).
-    Returns (paths written, notes on what was not plotted)."""
+def _filename(*parts, fmt: str = "png") -> str:
+    return "-".join(str(p).replace(" ", "_").replace("/", "_") for p in parts) + "." + fmt
+
+
+def write_plots(records: list[dict], out_dir, title: str = "", fmt: str = "png") -> tuple[list[Path], list[str]]:
+    """Writes the plots for the "case" records of a run into `out_dir` (created if needed), as
+    `fmt` (png or svg). Returns (paths written, notes on what was not plotted)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"plot format must be one of {FORMATS}, got {fmt!r}")
     plt = require_matplotlib()
+    # SVG text as <text> elements, not glyph outlines: a third of the size, still searchable.
+    plt.rcParams["svg.fonttype"] = "none"
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ok = [r for r in records if r.get("type", "case") == "case" and r.get("status") == "ok"]
@@ -63,7 +71,7 @@ def write_plots(records: list[dict], out_dir, title: str = "") -> tuple[list[Pat
     for r in plotted:
         groups[r["op"], r["dtype"], r["threads"]].append(r)
     for (op, dtype, threads), rs in groups.items():
-        path = out / _filename("throughput", op, dtype, f"{threads}thr")
+        path = out / _filename("throughput", op, dtype, f"{threads}thr", fmt=fmt)
         _throughput_figure(plt, rs, f"{op}, {dtype}, {threads} thread(s)" + (f"\n{title}" if title else ""), path)
         paths.append(path)
 
@@ -71,7 +79,7 @@ def write_plots(records: list[dict], out_dir, title: str = "") -> tuple[list[Pat
     if not speedups:
         notes.append("no GPU backend ran: GPU-over-CPU speed-up plot skipped")
     for (op, dtype), bars in speedups.items():
-        path = out / _filename("gpu-speedup", op, dtype)
+        path = out / _filename("gpu-speedup", op, dtype, fmt=fmt)
         _speedup_figure(plt, bars, f"GPU over CPU, {op}, {dtype}" + (f"\n{title}" if title else ""), path)
         paths.append(path)
     return paths, notes
