@@ -4,6 +4,7 @@ Every message reads "<op>: <arg> must <expectation>, got <actual>" (DESIGN.md, p
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import numpy as np
@@ -56,10 +57,13 @@ def host_float_array(op: str, name: str, x, ndims: tuple[int, ...]) -> np.ndarra
 
 
 def positive_scalar(op: str, name: str, value) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{op}: {name} must be a real number, got {describe(value)}")
-    value = float(value)
-    if not (value > 0 and np.isfinite(value)):
+    # A plain float first: this runs on every decoder step, and the ABC check plus np.isfinite
+    # cost ~1.6 us of a 3 us SDPA call (math.isfinite: 0.07 us).
+    if type(value) is not float:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{op}: {name} must be a real number, got {describe(value)}")
+        value = float(value)
+    if not (value > 0 and math.isfinite(value)):
         raise ValueError(f"{op}: {name} must be a finite number > 0, got {value}")
     return value
 
