@@ -2,7 +2,7 @@
 """The issue-2 and issue-9 benchmark: attnkit's scaled dot-product attention beside NumPy and PyTorch.
 
 A thin caller of the `attnkit bench` engine (python/attnkit/bench/) with a fixed case list, at 1
-and 2 threads, on the CPU backends (attnkit, NumPy, and torch when installed):
+and 2 threads, on the CPU backends (attnkit, NumPy, and torch and ONNX Runtime when installed):
 
 - encoder self-attention B=8 H=4 T=512 D=64, B=4 H=8 T=1024 D=64 and B=1 H=4 T=2048 D=64, each
   with and without key lengths (a padded batch with unsorted lengths between T/2 and T), and

@@ -246,3 +246,23 @@ def test_bench_without_torch_skips_it_with_a_note(tmp_path, capsys, monkeypatch)
     assert rc == 0
     assert "torch: skipped, not installed" in out and "x vs numpy" in out
     assert {r["backend"] for r in read_lines(path) if r["type"] == "case"} == {"numpy", "attnkit"}
+
+
+def test_onnxruntime_peer_computes_the_same_attention():
+    """The ONNX Runtime backend's graph (masks for key lengths and causal included) gives
+    attnkit's numbers, so its timings compare like with like."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from attnkit.bench import sdpa_case
+    from attnkit.bench.backends import OnnxRuntimeCPU
+
+    backend = OnnxRuntimeCPU()
+    backend.set_threads(1)
+    for case in (sdpa_case("enc", 2, 2, 9, 13, 8), sdpa_case("enc", 2, 2, 9, 13, 8, lengths=True),
+                 sdpa_case("enc", 2, 2, 13, 13, 8, causal=True, lengths=True)):
+        c = case.make_inputs(np.random.default_rng(0))
+        (got,) = backend.prepare(case, [c], None)[0]()
+        ref = attnkit.scaled_dot_product_attention(c["q"], c["k"], c["v"], key_lengths=c["key_lengths"],
+                                                   causal=case.causal)
+        np.testing.assert_allclose(got, ref, atol=2e-6, rtol=1e-5, err_msg=case.label)
+

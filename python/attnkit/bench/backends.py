@@ -243,6 +243,77 @@ class TorchCPU(Backend):
         return keep, False
 
 
+# ---- ONNX Runtime (CPU) -------------------------------------------------------------------------
+
+
+class OnnxRuntimeCPU(Backend):
+    """ONNX Runtime's CPU execution provider on the graph torch.onnx exports for SDPA: Transpose,
+    MatMul, Mul by the scale, Add of an additive mask (key lengths, causal; built once per input
+    copy outside the timing), Softmax, MatMul; every graph optimisation on. One session per case,
+    with the thread count the runner sets. float32 only."""
+
+    name = "onnxruntime"
+    ops = ("sdpa",)
+
+    def __init__(self):
+        self._threads = 0  # 0: ONNX Runtime's default
+
+    def available(self):
+        if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnx") is None:
+            return False, "not installed (pip install onnxruntime onnx)"
+        import onnxruntime
+
+        return True, f"onnxruntime {onnxruntime.__version__}"
+
+    def supports(self, case):
+        if case.dtype != "float32":
+            return f"dtype {case.dtype} not benchmarked"
+        return super().supports(case)
+
+    def set_threads(self, n):
+        self._threads = n
+
+    def prepare(self, case, copies, params):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        masked = case.causal or copies[0]["key_lengths"] is not None
+        f32 = TensorProto.FLOAT
+        inputs = [helper.make_tensor_value_info(n, f32, shape) for n, shape in (
+            ("q", [case.B, case.H, case.Tq, case.D]), ("k", [case.B, case.H, case.Tk, case.D]),
+            ("v", [case.B, case.H, case.Tk, case.dv]))]
+        nodes = [helper.make_node("Transpose", ["k"], ["kt"], perm=[0, 1, 3, 2]),
+                 helper.make_node("MatMul", ["q", "kt"], ["s"]),
+                 helper.make_node("Mul", ["s", "scale"], ["ss"])]
+        if masked:
+            inputs.append(helper.make_tensor_value_info("mask", f32, [case.B, 1, case.Tq, case.Tk]))
+            nodes.append(helper.make_node("Add", ["ss", "mask"], ["sm"]))
+        nodes += [helper.make_node("Softmax", ["sm" if masked else "ss"], ["p"], axis=-1),
+                  helper.make_node("MatMul", ["p", "v"], ["o"])]
+        scale = helper.make_tensor("scale", f32, [], [1.0 / math.sqrt(case.D)])
+        out = helper.make_tensor_value_info("o", f32, [case.B, case.H, case.Tq, case.dv])
+        # IR version 8 goes with opset 17; onnx's default IR version can be newer than the runtime's.
+        model = helper.make_model(helper.make_graph(nodes, "sdpa", inputs, [out], [scale]),
+                                  opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        calls = []
+        for c in copies:
+            feeds = {"q": c["q"], "k": c["k"], "v": c["v"]}
+            if masked:
+                keep = np.ones((case.B, 1, case.Tq, case.Tk), bool)
+                if c["key_lengths"] is not None:
+                    keep &= (np.arange(case.Tk)[None, :] < c["key_lengths"][:, None])[:, None, None, :]
+                if case.causal:  # attnkit's convention: the last query aligned with the last key
+                    keep &= np.arange(case.Tk)[None, :] <= np.arange(case.Tq)[:, None] + (case.Tk - case.Tq)
+                feeds["mask"] = np.where(keep, 0.0, -np.inf).astype(np.float32)
+            calls.append(lambda f=feeds: session.run(None, f))
+        return calls
+
+
 # ---- CUDA (extension point) ---------------------------------------------------------------------
 
 
@@ -278,7 +349,7 @@ class TorchCUDA(CudaBackend):
     requires = "torch"
 
 
-CPU_BACKENDS = ("attnkit", "numpy", "torch")
+CPU_BACKENDS = ("attnkit", "numpy", "torch", "onnxruntime")
 CUDA_BACKENDS = ("attnkit-cuda", "cupy", "torch-cuda")
 ALL_BACKENDS = CPU_BACKENDS + CUDA_BACKENDS
 
@@ -296,6 +367,6 @@ def make_backends(names: list[str], isas: list[str] | None = None) -> list[Backe
         if n == "attnkit":
             out.extend([AttnkitCPU(i) for i in isas] if isas else [AttnkitCPU()])
         else:
-            out.append({"numpy": NumpyCPU, "torch": TorchCPU, "attnkit-cuda": AttnkitCUDA,
-                        "cupy": CupyCUDA, "torch-cuda": TorchCUDA}[n]())
+            out.append({"numpy": NumpyCPU, "torch": TorchCPU, "onnxruntime": OnnxRuntimeCPU,
+                        "attnkit-cuda": AttnkitCUDA, "cupy": CupyCUDA, "torch-cuda": TorchCUDA}[n]())
     return out
