@@ -44,7 +44,8 @@ CASES = [
 
 def main(argv=None) -> int:
     return run_suite("sdpa", CASES, description=__doc__.split("\n\n")[0], default_budget_s=1.0,
-                     script="benchmarks/bench_sdpa.py", argv=argv)
+                     script="benchmarks/bench_sdpa.py", argv=argv,
+                     backends=("attnkit", "numpy", "torch", "onnxruntime"))
 
 
 if __name__ == "__main__":

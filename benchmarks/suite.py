@@ -12,9 +12,11 @@ from attnkit.bench import run
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
-def run_suite(name: str, cases, *, description: str, default_budget_s: float, script: str, argv=None) -> int:
+def run_suite(name: str, cases, *, description: str, default_budget_s: float, script: str, argv=None,
+              backends=("attnkit", "numpy", "torch")) -> int:
     """Parses --threads, --max-seconds, --out-dir, --baseline, --no-progress; runs ``cases`` on
-    attnkit, NumPy and torch; returns the exit status (130 after Ctrl-C)."""
+    ``backends`` (missing peers are skipped with a note); returns the exit status (130 after
+    Ctrl-C)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     p.add_argument("--max-seconds", type=float, default=default_budget_s,
@@ -28,7 +30,7 @@ def run_suite(name: str, cases, *, description: str, default_budget_s: float, sc
     stem = os.path.join(args.out_dir, f"{datetime.date.today().isoformat()}-cpu-{name}")
     result = run(
         cases,
-        backends=["attnkit", "numpy", "torch"],
+        backends=list(backends),
         threads=[int(t) for t in args.threads.split(",")],
         baseline=args.baseline,
         budget_s=args.max_seconds,

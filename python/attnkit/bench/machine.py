@@ -14,7 +14,7 @@ import numpy as np
 import attnkit
 
 # Peers whose versions go into the JSON header (looked up from package metadata, never imported).
-PEERS = ("numpy", "torch", "cupy-cuda13x", "cupy-cuda12x", "cupy", "threadpoolctl", "tqdm")
+PEERS = ("numpy", "torch", "onnxruntime", "onnx", "cupy-cuda13x", "cupy-cuda12x", "cupy", "threadpoolctl", "tqdm")
 
 
 class BlasThreads:

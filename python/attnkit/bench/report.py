@@ -30,7 +30,7 @@ def _table(head: list[str], rows: list[list[str]], right: set[int]) -> list[str]
 def preamble(header: dict, peaks: list[dict]) -> list[str]:
     cfg = header["attnkit"]
     v = header["versions"]
-    peers = ", ".join(f"{k} {v[k]}" for k in ("numpy", "torch") if k in v)
+    peers = ", ".join(f"{k} {v[k]}" for k in ("numpy", "torch", "onnxruntime") if k in v)
     out = [
         f"attnkit {cfg['version']} bench, {header['date']}",
         f"CPU: {header['cpu_model']} ({header['cpu_count']} logical CPUs, {header['cpu_affinity']} usable); "
