@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 
 from attnkit.bench import mha_case, sdpa_case
+from attnkit.bench.cases import TINY
 
 from suite import run_suite
 
@@ -38,7 +39,7 @@ CASES = [
     sdpa_case("dec-beam", 1, 4, 10, 1000, 64),
     sdpa_case("dec-step", 1, 4, 1, 1000, 64),
     sdpa_case("dec-step", 32, 4, 1, 1000, 64, lengths=True),
-    sdpa_case("tiny", 1, 1, 8, 8, 8, rotate=False),
+    TINY,
 ]
 
 

@@ -176,9 +176,11 @@ class RNNDecoder:
         # Cell 0's input product split by columns [embedding | context]: the embedding half (with
         # bias_ih) tabulated per token [V, G*Dz]; the context half [G*Dz, E] kept apart.
         self._token_gates = embed @ first["w_ih"][:, :De].T + first["b_ih"]
+        # LSTM: with W_hh beside it, [W_ctx | W_hh] [G*Dz, E+Dz], one product per step (see
+        # _cell0_gates); GRU keeps the recurrent product apart.
         w_ctx = first["w_ih"][:, De:]
-        self._w_ctx = PackedWeight(w_ctx)
-        self._w_ctx_hh = PackedWeight(np.concatenate([w_ctx, first["w_hh"]], axis=1))  # [G*Dz, E+Dz]
+        self._w_cell0 = PackedWeight(np.concatenate([w_ctx, first["w_hh"]], axis=1)
+                                     if self.rnn_type == "lstm" else w_ctx)
         # The step's products run on weights packed once for attnkit's linear kernel.
         self._cells = [{**c, "w_ih": PackedWeight(c["w_ih"]), "w_hh": PackedWeight(c["w_hh"])} for c in cells]
         self._w_out = PackedWeight(w_out)
@@ -328,9 +330,9 @@ class RNNDecoder:
         product and bias_hh too, as one product [ctx; h0] [W_ctx | W_hh]^T (GRU's reset gate
         needs the recurrent part apart, so it gets the input part only)."""
         if self.rnn_type == "lstm":
-            return self._token_gates[tokens] + linear(np.concatenate([context, state.h[0]], axis=1), self._w_ctx_hh,
+            return self._token_gates[tokens] + linear(np.concatenate([context, state.h[0]], axis=1), self._w_cell0,
                                                       self._cells[0]["b_hh"])
-        return self._token_gates[tokens] + linear(context, self._w_ctx)
+        return self._token_gates[tokens] + linear(context, self._w_cell0)
 
     def _advance(self, gates0: np.ndarray, state: DecoderState):
         """Steps 2-3: the stacked cells, given ``_cell0_gates``; returns (h, c)."""

@@ -347,22 +347,20 @@ struct AdditiveKernel {
           for (int64_t t0 = 0; t0 < L; t0 += W)
             for (int64_t i = i0; i < i1; ++i)
               energies_dot(b, q + order[i] * p.A, t0, int(std::min<int64_t>(W, L - t0)), e + (i - i0) * T_pad);
-          for (int64_t i = i0; i < i1; ++i) softmax(order[i], L, e + (i - i0) * T_pad);
-          context(order.data() + i0, i1 - i0, b, L);
-          continue;
-        }
-        if (p.C > 0)
-          for (int64_t i = i0; i < i1; ++i) location_features(order[i], L, f + (i - i0) * p.C * T_pad, pad);
-        for (int64_t i = i0; i < i1; ++i) {
-          const T* qn = q + order[i] * p.A;
-          T* qbi = qb + (i - i0) * A_pad;
-          for (int64_t a = 0; a < A_pad; ++a) qbi[a] = a < p.A ? T(kTwoLog2e) * (qn[a] + bias_pad[a]) : T(0);
-        }
-        for (int64_t t0 = 0; t0 < L; t0 += kFrameBlock) {
-          const int nf = int(std::min(kFrameBlock, L - t0));
-          copy_block(b, t0, nf, Pblk);
-          for (int64_t i = i0; i < i1; ++i)
-            energies(Pblk, qb + (i - i0) * A_pad, t0, nf, f + (i - i0) * p.C * T_pad, e + (i - i0) * T_pad);
+        } else {
+          if (p.C > 0)
+            for (int64_t i = i0; i < i1; ++i) location_features(order[i], L, f + (i - i0) * p.C * T_pad, pad);
+          for (int64_t i = i0; i < i1; ++i) {
+            const T* qn = q + order[i] * p.A;
+            T* qbi = qb + (i - i0) * A_pad;
+            for (int64_t a = 0; a < A_pad; ++a) qbi[a] = a < p.A ? T(kTwoLog2e) * (qn[a] + bias_pad[a]) : T(0);
+          }
+          for (int64_t t0 = 0; t0 < L; t0 += kFrameBlock) {
+            const int nf = int(std::min(kFrameBlock, L - t0));
+            copy_block(b, t0, nf, Pblk);
+            for (int64_t i = i0; i < i1; ++i)
+              energies(Pblk, qb + (i - i0) * A_pad, t0, nf, f + (i - i0) * p.C * T_pad, e + (i - i0) * T_pad);
+          }
         }
         for (int64_t i = i0; i < i1; ++i) softmax(order[i], L, e + (i - i0) * T_pad);
         context(order.data() + i0, i1 - i0, b, L);
