@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+import attnkit
 from attnkit import _core
 from attnkit.espnet._kernels import fused_additive_step_reference as numpy_step
 from conftest import assert_close
@@ -77,6 +78,37 @@ def test_dot_energies_match_numpy_definition(isa, rng, dtype, B, T, A, Ev, N, le
     assert_close(w, w_ref, dtype, f"weights isa={isa}")
     assert_close(ctx, ctx_ref, dtype, f"context isa={isa}")
 
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,T,A,Ev,N,C,K,lengths,dot", [
+    (1, 200, 320, 320, 1, 10, 201, [200], False),  # one hypothesis at recipe sizes
+    (1, 1000, 40, 33, 2, 3, 201, [1000], False),   # Ev with a tail, columns split unevenly
+    (2, 61, 9, 7, 3, 2, 21, [61, 40], False),      # utterances of unequal lengths
+    (1, 13, 5, 3, 1, 0, 0, [13], False),           # two energy blocks, the second of one frame
+    (1, 203, 37, 17, 1, 0, 0, [203], True),        # dot-product energies
+])
+def test_kernel_bits_do_not_depend_on_the_thread_count(isa, rng, dtype, B, T, A, Ev, N, C, K, lengths, dot):
+    """With fewer row slices than threads (one hypothesis on 2 threads), the kernel cuts the
+    frames and the context's columns across threads: every thread count gives the same bits, as a
+    frame's energy and a context element are summed in the same order whoever owns them."""
+    args = case(rng, dtype, B, T, A, Ev, N, C, 1, K, lengths, False, dot=dot)
+    before = attnkit.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3, 5, 16):
+            attnkit.set_num_threads(threads)
+            ctx, w = np.full((N, Ev), np.nan, dtype), np.full((N, T), np.nan, dtype)
+            _core.additive_step(**args, out_context=ctx, out_weights=w)
+            outs.append((ctx, w))
+    finally:
+        attnkit.set_num_threads(before)
+    (ctx_ref, w_ref), _ = run_both(args, dtype)
+    assert_close(outs[0][1], w_ref, dtype, f"weights isa={isa}")
+    assert_close(outs[0][0], ctx_ref, dtype, f"context isa={isa}")
+    for ctx, w in outs[1:]:
+        np.testing.assert_array_equal(w, outs[0][1])
+        np.testing.assert_array_equal(ctx, outs[0][0])
 
 def test_kernel_errors_name_the_argument(rng):
     args = case(rng, np.float32, 2, 5, 4, 3, 3, 2, 1, 3, [5, 4], False)

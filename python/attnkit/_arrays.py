@@ -37,6 +37,16 @@ def is_device_array(x) -> bool:
     return False
 
 
+def c_aligned(x: np.ndarray) -> np.ndarray:
+    """x itself if C-contiguous and aligned (the kernels read elements through typed pointers),
+    else an aligned C-contiguous copy. The flag test costs ~0.2 us where np.require, which every
+    decoder step called several times, costs ~1 us."""
+    flags = x.flags
+    if flags.c_contiguous and flags.aligned:
+        return x
+    return np.require(x, requirements="CA")
+
+
 def host_float_array(op: str, name: str, x, ndims: tuple[int, ...]) -> np.ndarray:
     """Returns x as a float32/float64 NumPy array without copying; raises TypeError/ValueError."""
     if not isinstance(x, np.ndarray):

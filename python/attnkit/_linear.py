@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnkit import _core
+from attnkit._arrays import c_aligned
 
 
 class PackedWeight:
@@ -53,11 +54,13 @@ def linear(x: np.ndarray, weight: np.ndarray | PackedWeight, bias: np.ndarray | 
     lead = x.shape[:-1]
     # C-contiguous and aligned (np.ascontiguousarray keeps a misaligned view, e.g. from an
     # offset np.frombuffer, and the kernel reads elements through typed pointers).
-    x = np.require(x, dtype=weight.dtype, requirements="CA").reshape(-1, x.shape[-1])
+    x = c_aligned(np.asarray(x, dtype=weight.dtype))
+    if x.ndim != 2:
+        x = x.reshape(-1, x.shape[-1])
     A = weight.shape[0]
     out = np.empty((x.shape[0], A), dtype=weight.dtype)
-    if isinstance(weight, PackedWeight):
-        _core.linear(x, weight.panels, bias, out, packed=True)
+    if type(weight) is PackedWeight:
+        _core.linear(x, weight.panels, bias, out, True)
     else:
         _core.linear(x, weight, bias, out)
-    return out.reshape(*lead, A)
+    return out if len(lead) == 1 else out.reshape(*lead, A)

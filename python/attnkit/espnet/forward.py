@@ -77,8 +77,8 @@ class AttForward(ForwardFamily):
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
         a = self._bt_state(op, state, prepared, rows, lambda: self._initial(prepared, rows))
-        bounds = window_bounds(op, last_attended_idx, backward_window, forward_window,
-                               prepared.lengths[rows], prepared.frames)
+        bounds = None if last_attended_idx is None else window_bounds(
+            op, last_attended_idx, backward_window, forward_window, prepared.lengths[rows], prepared.frames)
         w0 = self._masked_weights(prepared, rows, dec_z, a, s, bounds)
         ctx, w = self._finish(prepared, rows, (a + shift_right(a)) * w0)
         return AttentionOutput(ctx, w, w, peak_of(w))
@@ -127,8 +127,8 @@ class AttForwardTA(ForwardFamily):
         a = check_array(op, "state.weights", state.weights, (n, prepared.frames), self._dtype,
                         "([N, T] previous weights)")
         u = check_array(op, "state.u", state.u, (n, 1), self._dtype, "([N, 1] transition-agent probability)")
-        bounds = window_bounds(op, last_attended_idx, backward_window, forward_window,
-                               prepared.lengths[rows], prepared.frames)
+        bounds = None if last_attended_idx is None else window_bounds(
+            op, last_attended_idx, backward_window, forward_window, prepared.lengths[rows], prepared.frames)
         w0 = self._masked_weights(prepared, rows, dec_z, a, s, bounds)
         ctx, w = self._finish(prepared, rows, (u * a + (1 - u) * shift_right(a)) * w0)
         x = np.concatenate([ctx, out_prev, dec_z], axis=1)

@@ -63,7 +63,7 @@ class AttLoc(LocationAware):
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
         a = self._bt_state(op, state, prepared, rows, lambda: self._initial(prepared, rows))
-        bounds = window_bounds(op, last_attended_idx, backward_window, forward_window,
-                               prepared.lengths[rows], prepared.frames)
+        bounds = None if last_attended_idx is None else window_bounds(
+            op, last_attended_idx, backward_window, forward_window, prepared.lengths[rows], prepared.frames)
         ctx, w = self._location_step(prepared, rows, dec_z, a, s, bounds)
         return AttentionOutput(ctx, w, w, peak_of(w))

@@ -72,6 +72,11 @@ struct AdditiveKernel {
   T gvec_sum = 0;
   int64_t A_pad, F, T_pad;
   std::atomic<bool> out_of_memory{false};
+  std::vector<int64_t> order;  // row indices grouped by utterance
+  // A task: the rows order[i0..i1) (one utterance's) and the frames [t0, t1) of their energies.
+  struct Task {
+    int64_t i0, i1, t0, t1;
+  };
 
   explicit AdditiveKernel(const AdditiveStepParams& params)
       : p(params),
@@ -84,9 +89,10 @@ struct AdditiveKernel {
     // Whole register tiles of A (2 vectors); the pads are zero in every A-sized operand.
     A_pad = (p.A + kAVecs * W - 1) / (kAVecs * W) * (kAVecs * W);
     F = (p.K - 1) / 2;
-    // Whole conv tiles of frames, and room for the last 6-frame tile of the energies.
-    const int64_t frame_quantum = kConvVecs * W;
-    T_pad = (p.T + kTileFrames + frame_quantum - 1) / frame_quantum * frame_quantum;
+    // Room past T for a whole conv tile started at any frame (a task's frames start on an energy
+    // block, not on a conv tile) and for the last 6-frame tile of the energies.
+    const int64_t overrun = std::max<int64_t>(kConvVecs * W, kTileFrames);
+    T_pad = (p.T + overrun + W - 1) / W * W;
     // Zero-padded copies: the tail lanes past A then contribute gvec = 0 times anything = 0.
     gvec_pad.assign(A_pad, T(0));
     if (gvec) std::copy(gvec, gvec + p.A, gvec_pad.begin());
@@ -99,21 +105,28 @@ struct AdditiveKernel {
     if (p.C > 0) {
       const T* proj = static_cast<const T*>(p.proj);
       proj_t.assign(p.C * A_pad, T(0));
-      for (int64_t a = 0; a < p.A; ++a)
-        for (int64_t c = 0; c < p.C; ++c) proj_t[c * A_pad + a] = T(kTwoLog2e) * proj[a * p.C + c];
+      // c outer: contiguous stores (a outer stored with a stride of A_pad: ~1.7 us of a 9 us
+      // T = 8 step, in 4K-aliasing store stalls).
+      for (int64_t c = 0; c < p.C; ++c)
+        for (int64_t a = 0; a < p.A; ++a) proj_t[c * A_pad + a] = T(kTwoLog2e) * proj[a * p.C + c];
     }
   }
 
-  // f[c][t] for t < L, from att_in[n] (R rows of T), into f (C x T_pad); pad is scratch of
+  // f[c][t] for t in [t_begin, t_end), from att_in[n] (R rows of T), into f (C x T_pad), in
+  // whole tiles of 2 vectors of frames (up to a tile past t_end); pad is scratch of
   // R x (T_pad + 2F + W).
-  void location_features(int64_t n, int64_t L, T* f, T* pad) const {
+  void location_features(int64_t n, int64_t t_begin, int64_t t_end, T* f, T* pad) const {
     const int64_t width = T_pad + 2 * F + W;
     for (int64_t r = 0; r < p.R; ++r) {
       T* row = pad + r * width;
       std::fill(row, row + width, T(0));
       std::copy(att_in + (n * p.R + r) * p.T, att_in + (n * p.R + r + 1) * p.T, row + F);
     }
-    for (int64_t t = 0; t < L; t += kConvVecs * W) {
+    for (int64_t t = t_begin; t < t_end; t += kConvVecs * W) {
+      // Only the taps that reach an input frame of [0, T) for some output frame of the tile:
+      // the others read the zero padding (at T = 200, K = 201, a quarter of all taps).
+      const int64_t j_lo = std::max<int64_t>(0, F - (t + kConvVecs * W - 1));
+      const int64_t j_hi = std::min<int64_t>(p.K, F + p.T - t);
       for (int64_t c0 = 0; c0 < p.C; c0 += kConvChans) {
         const int cn = int(std::min<int64_t>(kConvChans, p.C - c0));
         V acc[kConvChans][kConvVecs] = {};
@@ -121,7 +134,7 @@ struct AdditiveKernel {
           const T* x = pad + r * width + t;
           const T* wr[kConvChans];
           for (int c = 0; c < kConvChans; ++c) wr[c] = conv_w + ((c0 + std::min(c, cn - 1)) * p.R + r) * p.K;
-          for (int64_t j = 0; j < p.K; ++j) {
+          for (int64_t j = j_lo; j < j_hi; ++j) {
             V xv[kConvVecs];
             for (int v = 0; v < kConvVecs; ++v) xv[v] = load(x + j + v * W);
             for (int c = 0; c < kConvChans; ++c) {
@@ -244,11 +257,12 @@ struct AdditiveKernel {
     std::fill(w + L, w + p.T, T(0));
   }
 
-  // ctx[n] = sum_t w[n, t] values[b, t, :] for the R rows ns[0..R) of utterance b at once, so
-  // each vector of the values feeds R rows; NV vectors of E per pass keep ~10 accumulators
-  // whatever R is (a single row with 5-row tiles computed 5 rows' worth).
+  // ctx[n][e] = sum_t w[n, t] values[b, t, e] for e in [e_begin, e_end), for the R rows
+  // ns[0..R) of utterance b at once, so each vector of the values feeds R rows; NV vectors of E
+  // per pass keep ~10 accumulators whatever R is (a single row with 5-row tiles computed 5 rows'
+  // worth).
   template <int R>
-  void context_rows(const int64_t* ns, int64_t b, int64_t L) const {
+  void context_rows(const int64_t* ns, int64_t b, int64_t L, int64_t e_begin, int64_t e_end) const {
     constexpr int NV = R >= 4 ? 2 : (R == 3 ? 3 : 8 / R);
     const T* w[R];
     T* ctx[R];
@@ -257,8 +271,8 @@ struct AdditiveKernel {
       ctx[r] = static_cast<T*>(p.context) + ns[r] * p.Ev;
     }
     const T* vb = values + b * p.T * p.Ev;
-    int64_t e0 = 0;
-    for (; e0 + NV * W <= p.Ev; e0 += NV * W) {
+    int64_t e0 = e_begin;
+    for (; e0 + NV * W <= e_end; e0 += NV * W) {
       V acc[R][NV] = {};
       for (int64_t t = 0; t < L; ++t) {
         V vv[NV];
@@ -271,8 +285,8 @@ struct AdditiveKernel {
       for (int r = 0; r < R; ++r)
         for (int v = 0; v < NV; ++v) store(ctx[r] + e0 + v * W, acc[r][v]);
     }
-    for (; e0 < p.Ev; e0 += W) {
-      const int width = int(std::min<int64_t>(W, p.Ev - e0));
+    for (; e0 < e_end; e0 += W) {
+      const int width = int(std::min<int64_t>(W, e_end - e0));
       V acc[R] = {};
       for (int64_t t = 0; t < L; ++t) {
         const V v0 = width == W ? load(vb + t * p.Ev + e0) : load_partial(vb + t * p.Ev + e0, width);
@@ -282,23 +296,50 @@ struct AdditiveKernel {
     }
   }
 
-  // The context of rows ns[0..cnt) of utterance b, kCtxRows at a time.
-  __attribute__((noinline)) void context(const int64_t* ns, int64_t cnt, int64_t b, int64_t L) const {
+  // Columns [e_begin, e_end) of the context of rows ns[0..cnt) of utterance b, kCtxRows at a time.
+  __attribute__((noinline)) void context(const int64_t* ns, int64_t cnt, int64_t b, int64_t L, int64_t e_begin,
+                                         int64_t e_end) const {
     static_assert(kCtxRows == 5, "context() dispatches tiles of 1 to 5 rows");
     for (int64_t i = 0; i < cnt; i += kCtxRows) {
       switch (std::min<int64_t>(kCtxRows, cnt - i)) {
-        case 1: context_rows<1>(ns + i, b, L); break;
-        case 2: context_rows<2>(ns + i, b, L); break;
-        case 3: context_rows<3>(ns + i, b, L); break;
-        case 4: context_rows<4>(ns + i, b, L); break;
-        default: context_rows<5>(ns + i, b, L); break;
+        case 1: context_rows<1>(ns + i, b, L, e_begin, e_end); break;
+        case 2: context_rows<2>(ns + i, b, L, e_begin, e_end); break;
+        case 3: context_rows<3>(ns + i, b, L, e_begin, e_end); break;
+        case 4: context_rows<4>(ns + i, b, L, e_begin, e_end); break;
+        default: context_rows<5>(ns + i, b, L, e_begin, e_end); break;
       }
     }
   }
 
+  // Energies of the task's rows over its frames, row order[i] into e + (i - task.i0) * T_pad.
+  void scores(const Task& task, T* f, T* pad, T* Pblk, T* qb, T* e) const {
+    const auto [i0, i1, t_begin, t_end] = task;
+    const int64_t b = p.rows[order[i0]];
+    if (!gvec) {
+      // Frames outer, rows inner: each block of W frames of P serves the whole slice from L1.
+      for (int64_t t0 = t_begin; t0 < t_end; t0 += W)
+        for (int64_t i = i0; i < i1; ++i)
+          energies_dot(b, q + order[i] * p.A, t0, int(std::min<int64_t>(W, t_end - t0)), e + (i - i0) * T_pad);
+      return;
+    }
+    if (p.C > 0)
+      for (int64_t i = i0; i < i1; ++i) location_features(order[i], t_begin, t_end, f + (i - i0) * p.C * T_pad, pad);
+    for (int64_t i = i0; i < i1; ++i) {
+      const T* qn = q + order[i] * p.A;
+      T* qbi = qb + (i - i0) * A_pad;
+      for (int64_t a = 0; a < A_pad; ++a) qbi[a] = a < p.A ? T(kTwoLog2e) * (qn[a] + bias_pad[a]) : T(0);
+    }
+    for (int64_t t0 = t_begin; t0 < t_end; t0 += kFrameBlock) {
+      const int nf = int(std::min(kFrameBlock, t_end - t0));
+      copy_block(b, t0, nf, Pblk);
+      for (int64_t i = i0; i < i1; ++i)
+        energies(Pblk, qb + (i - i0) * A_pad, t0, nf, f + (i - i0) * p.C * T_pad, e + (i - i0) * T_pad);
+    }
+  }
+
   void run() {
-    // Group rows by utterance (stable), then cut each group into slices of kRowsPerTask.
-    std::vector<int64_t> order(p.N);
+    // Group rows by utterance (stable), then cut each group into slices of kMaxRowsPerTask.
+    order.resize(p.N);
     std::vector<int64_t> start(p.B + 1, 0);
     for (int64_t n = 0; n < p.N; ++n) ++start[p.rows[n] + 1];
     for (int64_t b = 0; b < p.B; ++b) start[b + 1] += start[b];
@@ -309,64 +350,78 @@ struct AdditiveKernel {
     // Slices of at most kMaxRowsPerTask rows, evened out so that one utterance's beam splits
     // into equal parts across the threads (10 rows on 2 threads: 5 + 5, not 4 + 4 + 2).
     const int64_t threads = num_threads();
-    std::vector<std::pair<int64_t, int64_t>> tasks;  // [begin, end) into order
+    std::vector<Task> slices;
     for (int64_t b = 0; b < p.B; ++b) {
       const int64_t g = start[b + 1] - start[b];
       if (g == 0) continue;
-      const int64_t slices = std::max((g + kMaxRowsPerTask - 1) / kMaxRowsPerTask, std::min(g, p.B == 1 ? threads : 1));
-      for (int64_t s = 0; s < slices; ++s)
-        tasks.emplace_back(start[b] + s * g / slices, start[b] + (s + 1) * g / slices);
+      const int64_t n_slices = std::max((g + kMaxRowsPerTask - 1) / kMaxRowsPerTask, std::min(g, p.B == 1 ? threads : 1));
+      for (int64_t s = 0; s < n_slices; ++s)
+        slices.push_back({start[b] + s * g / n_slices, start[b] + (s + 1) * g / n_slices, 0, p.lengths[b]});
     }
-    const int64_t kRowsPerTask = kMaxRowsPerTask;
 
     ScratchLayout lay;
     const int64_t pad_width = T_pad + 2 * F + W;
-    const std::size_t off_f = lay.add<T>(kRowsPerTask * std::max<int64_t>(p.C, 1) * T_pad);
+    const std::size_t off_f = lay.add<T>(kMaxRowsPerTask * std::max<int64_t>(p.C, 1) * T_pad);
     const std::size_t off_pad = lay.add<T>(std::max<int64_t>(p.R, 1) * pad_width);
-    const std::size_t off_e = lay.add<T>(kRowsPerTask * T_pad);
+    const std::size_t off_e = lay.add<T>(kMaxRowsPerTask * T_pad);
     const std::size_t off_pblk = lay.add<T>(kFrameBlock * A_pad);
-    const std::size_t off_qb = lay.add<T>(kRowsPerTask * A_pad);
+    const std::size_t off_qb = lay.add<T>(kMaxRowsPerTask * A_pad);
     const std::size_t bytes = lay.bytes();
+    auto task_scores = [&](const Task& task, void* base, T* e) {
+      scores(task, at<T>(base, off_f), at<T>(base, off_pad), at<T>(base, off_pblk), at<T>(base, off_qb), e);
+    };
 
+    // Fewer slices than threads (one row, or a few rows of few utterances): the frames are cut
+    // too, in whole energy blocks, and the context in a second pass over columns of E.
+    const int64_t parts = (threads + int64_t(slices.size()) - 1) / int64_t(slices.size());
+    if (parts == 1) {
+      parallel_for(int64_t(slices.size()), [&](int64_t, int64_t begin, int64_t end) {
+        void* base = thread_scratch(bytes);
+        if (!base) {
+          out_of_memory.store(true);
+          return;
+        }
+        T* e = at<T>(base, off_e);
+        for (int64_t k = begin; k < end; ++k) {
+          const Task& task = slices[k];
+          const int64_t b = p.rows[order[task.i0]];
+          task_scores(task, base, e);
+          for (int64_t i = task.i0; i < task.i1; ++i) softmax(order[i], task.t1, e + (i - task.i0) * T_pad);
+          context(order.data() + task.i0, task.i1 - task.i0, b, task.t1, 0, p.Ev);
+        }
+      });
+      if (out_of_memory.load()) throw std::bad_alloc();
+      return;
+    }
+
+    std::vector<Task> tasks;
+    for (const Task& sl : slices) {
+      const int64_t blocks = (sl.t1 + kFrameBlock - 1) / kFrameBlock, n = std::min(parts, blocks);
+      for (int64_t k = 0; k < n; ++k)
+        tasks.push_back({sl.i0, sl.i1, k * blocks / n * kFrameBlock, std::min(sl.t1, (k + 1) * blocks / n * kFrameBlock)});
+    }
+    std::vector<T> e_all(p.N * T_pad);  // row order[i]'s energies at e_all + i * T_pad
     parallel_for(int64_t(tasks.size()), [&](int64_t, int64_t begin, int64_t end) {
       void* base = thread_scratch(bytes);
       if (!base) {
         out_of_memory.store(true);
         return;
       }
-      T* f = at<T>(base, off_f);
-      T* pad = at<T>(base, off_pad);
-      T* e = at<T>(base, off_e);
-      T* Pblk = at<T>(base, off_pblk);
-      T* qb = at<T>(base, off_qb);
-      for (int64_t task = begin; task < end; ++task) {
-        const auto [i0, i1] = tasks[task];
-        const int64_t b = p.rows[order[i0]], L = p.lengths[b];
-        if (!gvec) {
-          // Frames outer, rows inner: each block of W frames of P serves the whole slice from L1.
-          for (int64_t t0 = 0; t0 < L; t0 += W)
-            for (int64_t i = i0; i < i1; ++i)
-              energies_dot(b, q + order[i] * p.A, t0, int(std::min<int64_t>(W, L - t0)), e + (i - i0) * T_pad);
-        } else {
-          if (p.C > 0)
-            for (int64_t i = i0; i < i1; ++i) location_features(order[i], L, f + (i - i0) * p.C * T_pad, pad);
-          for (int64_t i = i0; i < i1; ++i) {
-            const T* qn = q + order[i] * p.A;
-            T* qbi = qb + (i - i0) * A_pad;
-            for (int64_t a = 0; a < A_pad; ++a) qbi[a] = a < p.A ? T(kTwoLog2e) * (qn[a] + bias_pad[a]) : T(0);
-          }
-          for (int64_t t0 = 0; t0 < L; t0 += kFrameBlock) {
-            const int nf = int(std::min(kFrameBlock, L - t0));
-            copy_block(b, t0, nf, Pblk);
-            for (int64_t i = i0; i < i1; ++i)
-              energies(Pblk, qb + (i - i0) * A_pad, t0, nf, f + (i - i0) * p.C * T_pad, e + (i - i0) * T_pad);
-          }
-        }
-        for (int64_t i = i0; i < i1; ++i) softmax(order[i], L, e + (i - i0) * T_pad);
-        context(order.data() + i0, i1 - i0, b, L);
-      }
+      for (int64_t k = begin; k < end; ++k) task_scores(tasks[k], base, e_all.data() + tasks[k].i0 * T_pad);
     });
     if (out_of_memory.load()) throw std::bad_alloc();
+    for (int64_t i = 0; i < p.N; ++i) softmax(order[i], p.lengths[p.rows[order[i]]], e_all.data() + i * T_pad);
+    // Columns of E in whole vectors, parts per slice.
+    const int64_t e_vecs = (p.Ev + W - 1) / W;
+    const int64_t e_parts = std::max<int64_t>(1, std::min(parts, e_vecs));
+    parallel_for(int64_t(slices.size()) * e_parts, [&](int64_t, int64_t begin, int64_t end) {
+      for (int64_t k = begin; k < end; ++k) {
+        const Task& sl = slices[k / e_parts];
+        const int64_t part = k % e_parts;
+        const int64_t e0 = part * e_vecs / e_parts * W, e1 = std::min(p.Ev, (part + 1) * e_vecs / e_parts * W);
+        context(order.data() + sl.i0, sl.i1 - sl.i0, p.rows[order[sl.i0]], sl.t1, e0, e1);
+      }
+    });
   }
 };
 
