@@ -110,6 +110,16 @@ def test_kernel_bits_do_not_depend_on_the_thread_count(isa, rng, dtype, B, T, A,
         np.testing.assert_array_equal(w, outs[0][1])
         np.testing.assert_array_equal(ctx, outs[0][0])
 
+
+@pytest.mark.parametrize("dot", [False, True])
+def test_kernel_with_no_rows_does_nothing(rng, dot):
+    """N = 0 (the private entry allows it; the modules refuse empty rows): no work, no error."""
+    args = case(rng, np.float32, 2, 9, 6, 7, 1, 0 if dot else 3, 1, 5, [9, 4], False, dot=dot)
+    args.update(rows=np.zeros(0, np.int64), q=args["q"][:0])
+    if not dot:
+        args["att_in"] = args["att_in"][:0]
+    _core.additive_step(**args, out_context=np.empty((0, 7), np.float32), out_weights=np.empty((0, 9), np.float32))
+
 def test_kernel_errors_name_the_argument(rng):
     args = case(rng, np.float32, 2, 5, 4, 3, 3, 2, 1, 3, [5, 4], False)
     ctx, w = np.empty((3, 3), np.float32), np.empty((3, 5), np.float32)

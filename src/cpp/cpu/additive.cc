@@ -359,6 +359,8 @@ struct AdditiveKernel {
         slices.push_back({start[b] + s * g / n_slices, start[b] + (s + 1) * g / n_slices, 0, p.lengths[b]});
     }
 
+    if (slices.empty()) return;  // N = 0: nothing to compute
+
     ScratchLayout lay;
     const int64_t pad_width = T_pad + 2 * F + W;
     const std::size_t off_f = lay.add<T>(kMaxRowsPerTask * std::max<int64_t>(p.C, 1) * T_pad);
