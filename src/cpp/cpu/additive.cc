@@ -10,6 +10,9 @@
 //      gvec dot product without leaving the registers;
 //   3. masked softmax with the scaling, and the context of up to 5 rows at once, so each
 //      vector of the values feeds 5 rows.
+// With fewer slices than threads (one hypothesis), steps 1-2 run per range of frames on every
+// thread, then step 3's context per range of columns: the same sums in the same order, so the
+// same bits at any thread count.
 // Register tiles hold 10-12 accumulators: an FMA has 4 cycles of latency and 2 pipes, and with
 // 8 chains the loops ran at 60-75% of the FMA rate (the context 68 -> 54 us per AttDot step with
 // 10, benchmarks/NOTES.md).
