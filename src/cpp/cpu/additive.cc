@@ -46,21 +46,18 @@ constexpr double kLog2e = 1.4426950408889634;
 // tanh(x) = 1 - 2 / (e^(2x) + 1), and the constant part sum(g) is added once per frame. The
 // kernel works on y directly (P, q, bias and proj are scaled by 2 log2(e) on their way in, the
 // products being linear), clamped where tanh is 1 to working precision (|x| = 9 in float32,
-// 19.5 in float64); NaN passes through. g / (2^y + 1) is one true division: it runs on Zen 3's
-// divider beside the FMA pipes, which the projection saturates (an estimate plus a Newton step
-// would add two FMA-pipe operations per vector), and it absorbs the multiply by g.
+// 19.5 in float64); NaN passes through. g / (2^y + 1) is one true division, which absorbs the
+// multiply by g: on Zen 3 it takes about two FMA-pipe slots (8 FMAs + 1 vdivps: 4.9 cycles
+// where 8 FMAs take 3.9), an estimate plus a Newton step plus the multiply three.
 constexpr double kTwoLog2e = 2 * kLog2e;
 // q[j] = g[j] / (2^y[j] + 1) for J vectors, stage by stage, so the J independent ~50-cycle
 // chains interleave in the instruction stream. One vector after the other ran at 8.4 cycles per
 // vector where the ports allow ~4; stage by stage an AttLoc step went 530 -> 487 us (NOTES.md).
 template <typename T, int J> inline void weighted_sigmoids(const Vec<T>* y, const Vec<T>* g, Vec<T>* q) {
-  using C = Exp2Consts<T>;
   const T lim = sizeof(T) == 8 ? T(19.5 * kTwoLog2e) : T(9 * kTwoLog2e);
-  Vec<T> yc[J], r[J], f[J];
-  for (int j = 0; j < J; ++j) yc[j] = clamp<T>(y[j], -lim, lim);
-  for (int j = 0; j < J; ++j) r[j] = yc[j] + C::kRound;  // 2^n as in exp2_small
-  for (int j = 0; j < J; ++j) f[j] = exp2_poly(yc[j] - (r[j] - C::kRound));
-  for (int j = 0; j < J; ++j) f[j] = from_bits<T>(bits_of<T>(f[j]) + (bits_of<T>(r[j]) << C::kMantissa)) + T(1);
+  Vec<T> f[J];
+  for (int j = 0; j < J; ++j) f[j] = clamp<T>(y[j], -lim, lim);
+  for (int j = 0; j < J; ++j) f[j] = exp2_small<T>(f[j]) + T(1);
   for (int j = 0; j < J; ++j) q[j] = g[j] / f[j];
 }
 

@@ -168,6 +168,45 @@ inline Vec<double> exp2_poly(Vec<double> f) {
   return p;
 }
 
+// x rounded to the nearest integer (ties to even, as the 1.5 * 2^mantissa trick under the default
+// rounding mode, so both give the same bits): one instruction where the ISA has it, two additions
+// otherwise. In the additive kernel's tanh the one instruction (and exponent_step's conversion)
+// took an AttLoc step from 441 to 420 us (benchmarks/NOTES.md, additive 18).
+#if defined(__SSE4_1__)
+constexpr int kRoundNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+#endif
+template <typename T> inline Vec<T> round_nearest(Vec<T> x) {
+#if defined(__AVX512F__) && ATTNKIT_VEC_BYTES == 64
+  if constexpr (sizeof(T) == 4)
+    return reinterpret_cast<Vec<T>>(_mm512_roundscale_ps(reinterpret_cast<__m512>(x), kRoundNearest));
+  else
+    return reinterpret_cast<Vec<T>>(_mm512_roundscale_pd(reinterpret_cast<__m512d>(x), kRoundNearest));
+#elif defined(__AVX__) && ATTNKIT_VEC_BYTES == 32
+  if constexpr (sizeof(T) == 4)
+    return reinterpret_cast<Vec<T>>(_mm256_round_ps(reinterpret_cast<__m256>(x), kRoundNearest));
+  else
+    return reinterpret_cast<Vec<T>>(_mm256_round_pd(reinterpret_cast<__m256d>(x), kRoundNearest));
+#elif defined(__SSE4_1__) && ATTNKIT_VEC_BYTES == 16
+  if constexpr (sizeof(T) == 4)
+    return reinterpret_cast<Vec<T>>(_mm_round_ps(reinterpret_cast<__m128>(x), kRoundNearest));
+  else
+    return reinterpret_cast<Vec<T>>(_mm_round_pd(reinterpret_cast<__m128d>(x), kRoundNearest));
+#else
+  return (x + Exp2Consts<T>::kRound) - Exp2Consts<T>::kRound;  // |x| < 2^(mantissa - 1)
+#endif
+}
+
+// For integral n (|n| < 2^22), n shifted into the exponent field: added to the bits of a normal
+// float y it gives y * 2^n. float converts n in one instruction; double goes through the rounding
+// constant's bits (a packed double-to-int64 conversion needs AVX-512DQ).
+template <typename T> inline VecI<T> exponent_step(Vec<T> n) {
+  using C = Exp2Consts<T>;
+  if constexpr (sizeof(T) == 4)
+    return __builtin_convertvector(n, VecI<T>) << C::kMantissa;
+  else
+    return bits_of<T>(n + C::kRound) << C::kMantissa;
+}
+
 // 2^x for x already within the normal exponent range [1 - bias, bias].
 template <typename T> inline Vec<T> exp2_core(Vec<T> x) {
   using C = Exp2Consts<T>;
@@ -180,12 +219,8 @@ template <typename T> inline Vec<T> exp2_core(Vec<T> x) {
 // applied by adding n to the exponent field of the polynomial (an integer add instead of a
 // multiply: the multiply pipes are what the energy loops run out of). NaN stays NaN.
 template <typename T> inline Vec<T> exp2_small(Vec<T> x) {
-  using C = Exp2Consts<T>;
-  // x + 1.5 * 2^mantissa rounds x to an integer n held in the low mantissa bits (|n| < 2^22),
-  // and shifting those bits by the mantissa width leaves exactly n << mantissa.
-  const Vec<T> r = x + C::kRound;
-  const Vec<T> poly = exp2_poly(x - (r - C::kRound));
-  return from_bits<T>(bits_of<T>(poly) + (bits_of<T>(r) << C::kMantissa));
+  const Vec<T> n = round_nearest<T>(x);
+  return from_bits<T>(bits_of<T>(exp2_poly(x - n)) + exponent_step<T>(n));
 }
 
 // 2^x for x <= 0 (softmax terms s - max): below the smallest normal exponent, -inf (a masked
