@@ -210,7 +210,7 @@ template <typename T> inline VecI<T> exponent_step(Vec<T> n) {
 // 2^x for x already within the normal exponent range [1 - bias, bias].
 template <typename T> inline Vec<T> exp2_core(Vec<T> x) {
   using C = Exp2Consts<T>;
-  const Vec<T> n = (x + C::kRound) - C::kRound;
+  const Vec<T> n = round_nearest<T>(x);
   const VecI<T> bits = (__builtin_convertvector(n, VecI<T>) + C::kBias) << C::kMantissa;
   return exp2_poly(x - n) * from_bits<T>(bits);
 }
