@@ -141,6 +141,11 @@ def test_kernel_errors_name_the_argument(rng):
         _core.additive_step(**dict(args, scaling=0.0), out_context=ctx, out_weights=w)
     with pytest.raises(ValueError, match="must be C-contiguous"):
         _core.additive_step(**dict(args, P=np.asfortranarray(args["P"])), out_context=ctx, out_weights=w)
+    raw = np.zeros(args["q"].nbytes + 1, np.uint8)
+    misaligned = np.frombuffer(raw.data, np.float32, args["q"].size, offset=1).reshape(args["q"].shape)
+    misaligned[...] = args["q"]
+    with pytest.raises(ValueError, match="q must be aligned to its item size"):
+        _core.additive_step(**dict(args, q=misaligned), out_context=ctx, out_weights=w)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

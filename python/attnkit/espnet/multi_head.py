@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from attnkit._arrays import c_aligned
 from attnkit.espnet._base import AttentionOutput, EspnetAttention, Prepared, check_array, peak_of
 from attnkit._linear import PackedWeight, linear
 from attnkit.espnet._kernels import dot_product_step, fused_additive_step
@@ -99,7 +100,7 @@ class MultiHead(EspnetAttention):
             if self._energy == "loc":
                 a = self._initial(prepared, rows) if state is None else check_array(
                     op, "state", state, (n, H, T), self._dtype, "([N, H, T] previous weights of every head)")
-                a = np.ascontiguousarray(a.transpose(1, 0, 2))[:, :, None, :]  # [H, N, 1, T]
+                a = c_aligned(a.transpose(1, 0, 2))[:, :, None, :]  # [H, N, 1, T]; the state may be any view
             # Head-major buffers: every array the kernel sees is one contiguous block per head.
             q = np.ascontiguousarray(q.transpose(1, 0, 2))  # [H, N, A_k]
             ctx = np.empty((H, n, self.att_dim_v), self._dtype)

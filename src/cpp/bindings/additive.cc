@@ -39,6 +39,8 @@ struct Checked {
         throw ValueError(std::string(kOp) + ": " + name + " must be C-contiguous");
       expect *= a.shape(i);
     }
+    if (!a.aligned())  // the kernel reads elements through typed pointers
+      throw ValueError(std::string(kOp) + ": " + name + " must be aligned to its item size");
     if (writable && a.readonly()) throw ValueError(std::string(kOp) + ": " + name + " must be writeable");
     return a.data();
   }

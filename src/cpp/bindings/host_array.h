@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "attnkit/errors.h"
 
@@ -140,5 +141,25 @@ class HostArray {
   const char* op_;
   const char* name_;
 };
+
+// Throws ValueError unless `a` is aligned, C-contiguous, of `kind` and exactly `shape`; the message
+// names op, name and what the dtype must match (`of`: "the step's", "the layer's").
+inline void require_c_array(const HostArray& a, const char* op, const char* name, Kind kind,
+                            const std::vector<int64_t>& shape, const char* of) {
+  bool ok = a.ndim() == int(shape.size()) && a.kind() == kind && a.aligned();
+  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(int(i)) == shape[i];
+  int64_t expect = 1;
+  for (int i = a.ndim() - 1; ok && i >= 0; --i) {
+    ok = a.shape(i) == 1 || a.stride(i) == expect;
+    expect *= a.shape(i);
+  }
+  if (!ok) {
+    std::string want = "(";
+    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
+    throw ValueError(std::string(op) + ": " + name + " must be an aligned, C-contiguous array of " + of +
+                     " dtype and shape " + want + (shape.size() == 1 ? ",)" : ")") + ", got " + a.dtype_name() +
+                     " " + a.shape_str());
+  }
+}
 
 }  // namespace attnkit::bindings

@@ -2,6 +2,7 @@
 // P = 64 bytes of outputs), bias [A] or None, out [N, A], all C-contiguous and of one float dtype.
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "bindings/host_array.h"
 #include "bindings/register.h"
@@ -13,21 +14,8 @@ namespace {
 
 constexpr const char* kOp = "linear";
 
-void check(const HostArray& a, const char* name, Kind kind, int ndim, const int64_t* shape) {
-  bool ok = a.ndim() == ndim && a.kind() == kind;
-  for (int i = 0; ok && i < ndim; ++i) ok = a.shape(i) == shape[i];
-  ok = ok && a.aligned();
-  int64_t expect = 1;
-  for (int i = ndim - 1; ok && i >= 0; --i) {
-    ok = a.shape(i) == 1 || a.stride(i) == expect;
-    expect *= a.shape(i);
-  }
-  if (!ok) {
-    std::string want = "(" + std::to_string(shape[0]);
-    for (int i = 1; i < ndim; ++i) want += ", " + std::to_string(shape[i]);
-    throw ValueError(std::string(kOp) + ": " + name + " must be an aligned, C-contiguous array of the step's dtype and shape " +
-                     want + (ndim == 1 ? ",)" : ")") + ", got " + a.dtype_name() + " " + a.shape_str());
-  }
+void check(const HostArray& a, const char* name, Kind kind, const std::vector<int64_t>& shape) {
+  require_c_array(a, kOp, name, kind, shape, "the step's");
 }
 
 void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out_obj, bool packed) {
@@ -40,16 +28,15 @@ void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out
   p.packed = packed;
   p.N = x.shape(0), p.K = x.shape(1), p.A = packed ? out.shape(1) : w.shape(0);
   const int64_t panel = kLinearPanelBytes / (x.kind() == Kind::f32 ? 4 : 8);
-  const int64_t xs[2] = {p.N, p.K}, ws[3] = {packed ? (p.A + panel - 1) / panel : p.A, p.K, panel},
-                os[2] = {p.N, p.A}, bs[1] = {p.A};
-  check(x, "x", x.kind(), 2, xs);
-  check(w, "weight", x.kind(), packed ? 3 : 2, ws);
-  check(out, "out", x.kind(), 2, os);
+  check(x, "x", x.kind(), {p.N, p.K});
+  check(w, "weight", x.kind(), packed ? std::vector<int64_t>{(p.A + panel - 1) / panel, p.K, panel}
+                                      : std::vector<int64_t>{p.A, p.K});
+  check(out, "out", x.kind(), {p.N, p.A});
   if (out.readonly()) throw ValueError(std::string(kOp) + ": out must be writeable");
   std::unique_ptr<HostArray> b;
   if (!b_obj.is_none()) {
     b = std::make_unique<HostArray>(b_obj, kOp, "bias");
-    check(*b, "bias", x.kind(), 1, bs);
+    check(*b, "bias", x.kind(), {p.A});
     p.bias = b->data();
   }
   p.x = x.data(), p.w = w.data(), p.y = out.data();

@@ -16,20 +16,7 @@ namespace {
 constexpr const char* kOp = "lstm_layer";
 
 void check(const HostArray& a, const char* name, Kind kind, const std::vector<int64_t>& shape) {
-  bool ok = a.ndim() == int(shape.size()) && a.kind() == kind;
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(int(i)) == shape[i];
-  ok = ok && a.aligned();
-  int64_t expect = 1;
-  for (int i = a.ndim() - 1; ok && i >= 0; --i) {
-    ok = a.shape(i) == 1 || a.stride(i) == expect;
-    expect *= a.shape(i);
-  }
-  if (!ok) {
-    std::string want = "(";
-    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
-    throw ValueError(std::string(kOp) + ": " + name + " must be an aligned, C-contiguous array of the layer's dtype and shape " +
-                     want + (shape.size() == 1 ? ",)" : ")") + ", got " + a.dtype_name() + " " + a.shape_str());
-  }
+  require_c_array(a, kOp, name, kind, shape, "the layer's");
 }
 
 void lstm_layer(nb::handle gx_obj, nb::handle w_obj, nb::handle b_obj, nb::handle active_obj, bool reverse,
