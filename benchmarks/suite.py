@@ -14,7 +14,7 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 def run_suite(name: str, cases, *, description: str, default_budget_s: float, script: str, argv=None,
               backends=("attnkit", "numpy", "torch")) -> int:
-    """Parses --threads, --max-seconds, --out-dir, --baseline, --no-progress; runs ``cases`` on
+    """Parses --threads, --max-seconds, --out-dir, --baseline, --rounds, --no-progress; runs ``cases`` on
     ``backends`` (missing peers are skipped with a note); returns the exit status (130 after
     Ctrl-C)."""
     p = argparse.ArgumentParser(description=description)
@@ -23,6 +23,8 @@ def run_suite(name: str, cases, *, description: str, default_budget_s: float, sc
                    help=f"time budget per case and backend (default {default_budget_s:g})")
     p.add_argument("--out-dir", default=RESULTS, help=f"where the .json and .md go (default {RESULTS})")
     p.add_argument("--baseline", default="torch", help="ratios against this backend (default torch, else numpy)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds per case, the backends taking turns in each (default 3)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
 
@@ -34,6 +36,7 @@ def run_suite(name: str, cases, *, description: str, default_budget_s: float, sc
         threads=[int(t) for t in args.threads.split(",")],
         baseline=args.baseline,
         budget_s=args.max_seconds,
+        rounds=args.rounds,
         warmup_s=min(0.1, args.max_seconds),
         json_path=stem + ".json",
         markdown_path=stem + ".md",

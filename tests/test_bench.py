@@ -12,7 +12,7 @@ import pytest
 
 import attnkit
 from attnkit.bench import cases as bench_cases
-from attnkit.bench.backends import NumpyCPU
+from attnkit.bench.backends import AttnkitCPU, NumpyCPU
 from attnkit.bench.cases import DecodeCase, EspnetStepCase, espnet_step_case, espnet_step_cases, quick_cases
 from attnkit.bench.espnet_step import make_attention, numpy_step, reference_inputs, torch_reference_inputs, torch_step
 from attnkit.bench.plots import write_plots
@@ -266,3 +266,47 @@ def test_onnxruntime_peer_computes_the_same_attention():
                                                    causal=case.causal)
         np.testing.assert_allclose(got, ref, atol=2e-6, rtol=1e-5, err_msg=case.label)
 
+
+
+def test_rounds_alternate_the_backends_and_pool_their_samples(tmp_path, capsys, monkeypatch):
+    from attnkit.bench import runner
+
+    order = []
+    real_measure = runner.measure
+
+    def recording(calls, **kw):
+        order.append(kw["budget_s"])
+        return real_measure(calls, **kw)
+
+    monkeypatch.setattr(runner, "measure", recording)
+    monkeypatch.setattr(runner, "IDLE_GAP_S", 0.0)
+    prepared = []
+    for cls in (AttnkitCPU, NumpyCPU):
+        real_prepare = cls.prepare
+        monkeypatch.setattr(cls, "prepare", lambda self, *a, real=real_prepare: prepared.append(self.name) or real(self, *a))
+    path = tmp_path / "run.json"
+    rc = main(TINY + ["--rounds", "3", "--repeats", "6", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "Timing: 3 rounds per case" in out
+    assert sorted(prepared) == ["attnkit", "numpy"]  # set up once, measured three times
+    assert order == [pytest.approx(0.02 / 3)] * 6
+    records = read_lines(path)
+    assert records[0]["rounds"] == 3
+    cases = [r for r in records if r["type"] == "case"]
+    assert [c["backend"] for c in cases] == ["numpy", "attnkit"]
+    for c in cases:
+        assert c["rounds"] == 3 and c["samples"] >= 3 and c["min_us"] <= c["median_us"] <= c["max_us"]
+    assert cases[1]["speedup"] == pytest.approx(cases[0]["median_us"] / cases[1]["median_us"])
+
+
+def test_pooled_timing_takes_every_round_s_samples():
+    from attnkit.bench.timing import Timing, pooled
+
+    a = Timing(2.0, 1.5, 2.5, 1.0, 3.0, 3, 10, 2, 0.1, (1.0, 2.0, 3.0))
+    b = Timing(10.0, 10.0, 10.0, 10.0, 10.0, 1, 4, 1, 0.2, (10.0,))
+    p = pooled([a, b])
+    assert p.values_us == (1.0, 2.0, 3.0, 10.0) and p.samples == 4
+    assert p.median_us == 2.5 and p.min_us == 1.0 and p.max_us == 10.0
+    assert p.calls_per_sample == 10 and p.warmup_calls == 3
+    with pytest.raises(ValueError):
+        pooled([])

@@ -15,9 +15,9 @@ from attnkit.bench.runner import run
 
 DTYPES = ("float32", "float64")
 
-# (budget per case in seconds, warm-up seconds, peak repeats) for the full and the quick run
-FULL = (1.0, 0.1, 5)
-QUICK = (0.25, 0.05, 3)
+# (budget per case in seconds, warm-up seconds, peak repeats, rounds) for the full and the quick run
+FULL = (1.0, 0.1, 5, 3)
+QUICK = (0.25, 0.05, 3, 1)
 
 
 def _list(kind, allowed=None):
@@ -48,6 +48,16 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not x > 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return x
+
+
+def _positive_int(text: str) -> int:
+    try:
+        x = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if x < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
     return x
 
 
@@ -82,6 +92,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-seconds", type=_positive, default=None, metavar="S",
                    help=f"warm-up per case and backend (default {FULL[1]}, --quick {QUICK[1]})")
     p.add_argument("--repeats", type=int, default=30, metavar="N", help="at most N timed samples (default 30)")
+    p.add_argument("--rounds", type=_positive_int, default=None, metavar="N",
+                   help=f"rounds per case, the backends taking turns in each, so that a load spike on a shared "
+                        f"machine falls on all of them (default {FULL[3]}, --quick {QUICK[3]}); the budget and "
+                        f"the samples are split between the rounds")
     p.add_argument("--peak-size", type=int, default=2048, metavar="N",
                    help="matrix size of the np.matmul peak measurement (default 2048)")
     p.add_argument("--rotate-mib", type=float, default=64, metavar="MIB",
@@ -147,7 +161,8 @@ def run_bench(args) -> int:
     if not cases:
         print("attnkit bench: no case matches the selection (see --list)", file=sys.stderr)
         return 2
-    budget, warmup, peak_repeats = QUICK if args.quick else FULL
+    budget, warmup, peak_repeats, rounds = QUICK if args.quick else FULL
+    rounds = args.rounds or rounds
     for path in (args.json, args.markdown):
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             print(f"attnkit bench: the folder of {path} must exist", file=sys.stderr)
@@ -168,6 +183,7 @@ def run_bench(args) -> int:
             budget_s=args.max_seconds or budget,
             warmup_s=args.warmup_seconds or warmup,
             max_samples=args.repeats,
+            rounds=rounds,
             peak_size=args.peak_size,
             peak_repeats=peak_repeats,
             rotate_mib=args.rotate_mib,

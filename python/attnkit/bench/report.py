@@ -38,6 +38,10 @@ def preamble(header: dict, peaks: list[dict]) -> list[str]:
         f"CUDA devices: {cfg['cuda_devices']}",
         f"Peers: {peers}; NumPy BLAS: {header['numpy_blas']}, threads set by {header['blas_threads']}",
     ]
+    rounds = header.get("rounds", 1)
+    if rounds > 1:
+        out.append(f"Timing: {rounds} rounds per case, the backends taking turns in each; every figure "
+                   f"pools its backend's samples of all rounds")
     busy = header.get("busy_cpus_at_start")
     if busy is not None and busy >= 0.25:
         out.append(f"**Warning**: other processes kept {busy:.2f} of {header['cpu_count']} CPUs busy when the "

@@ -15,7 +15,7 @@ from attnkit.bench import machine
 from attnkit.bench.backends import ALL_BACKENDS, Backend, make_backends
 from attnkit.bench.cases import Workload
 from attnkit.bench.report import JsonLines, markdown
-from attnkit.bench.timing import measure
+from attnkit.bench.timing import measure, pooled
 
 MAX_COPIES = 16
 
@@ -103,6 +103,7 @@ def run(
     budget_s: float = 1.0,
     warmup_s: float = 0.1,
     max_samples: int = 30,
+    rounds: int = 1,
     peak_size: int = 2048,
     peak_repeats: int = 5,
     rotate_mib: float = 64,
@@ -119,8 +120,11 @@ def run(
     `json_path` as they are measured: a header, one "peak" record per thread count and dtype,
     one "case" record per case x backend x thread count, and a "footer". A case that cannot run
     here (`case.unavailable()`, e.g. no model file) or that a backend does not run gets a
-    "skipped" record with the reason. Ctrl-C stops the run, and what was measured so far is
-    still reported (`RunResult.interrupted`)."""
+    "skipped" record with the reason. With `rounds` > 1 the backends take turns on each case,
+    round by round, and each record pools its rounds' samples (see `_measure_case`). Ctrl-C
+    stops the run, and what was measured so far is still reported (`RunResult.interrupted`)."""
+    if rounds < 1:
+        raise ValueError(f"run: rounds must be >= 1, got {rounds}")
     notes: list[str] = []
     usable: list[Backend] = []
     described: dict[str, str] = {}
@@ -132,7 +136,7 @@ def run(
         else:
             notes.append(f"{b.name}: skipped, {note}")
     base = choose_baseline(baseline, usable, notes)
-    usable.sort(key=lambda b: b.name != base)  # baseline first, so each record knows its ratio
+    usable.sort(key=lambda b: b.name != base)  # baseline first in each round
     threads = list(threads or [attnkit.get_num_threads()])
     dtypes = sorted({c.dtype for c in cases}, key=lambda d: (d != "float32", d))
 
@@ -140,6 +144,7 @@ def run(
     result = RunResult(machine.header(threads, blas, argv), notes=notes, baseline=base)
     result.header["backends"] = described
     result.header["baseline"] = base
+    result.header["rounds"] = rounds
     writer = JsonLines(json_path)
     writer.write(result.header)
     prog = Progress(len(threads) * len(cases) * len(usable), progress)
@@ -163,22 +168,25 @@ def run(
                 unavailable = case.unavailable()
                 # (copies, params), made when the first backend needs them, then shared
                 inputs = functools.cache(lambda case=case: _make_inputs(case, rotate_mib, seed))
-                base_us = None
+                entries = []
                 for b in usable:
-                    prog.start(f"{case.op} {case.label} {case.dtype} {t}thr {b.name}")
-                    rec = _record(b, case, t, peak[case.dtype], base)
+                    rec = _record(b, case, t, peak[case.dtype], base, rounds)
                     reason = b.supports(case) or unavailable
                     if reason is not None:
                         rec.update(status="skipped", note=reason)
-                    else:
-                        _measure_one(rec, b, case, inputs, base_us,
-                                     budget_s=budget_s, warmup_s=warmup_s, max_samples=max_samples)
-                    if b.name == base and rec["status"] == "ok":
-                        base_us = rec["median_us"]
-                        rec["speedup"] = 1.0
-                    result.records.append(rec)
-                    writer.write(rec)
-                    prog.done()
+                    entries.append((b, rec))
+                try:
+                    _measure_case(entries, case, inputs, rounds, prog, t, budget_s=budget_s, warmup_s=warmup_s,
+                                  max_samples=max_samples)
+                finally:  # also after Ctrl-C: the backends measured in a first round are kept
+                    base_us = next((r["median_us"] for b, r in entries if b.name == base and r["samples"]), None)
+                    for b, rec in entries:
+                        if rec["status"] == "ok" and not rec["samples"]:
+                            continue  # interrupted before its first sample
+                        if rec["status"] == "ok" and base_us is not None:
+                            rec["speedup"] = base_us / rec["median_us"]
+                        result.records.append(rec)
+                        writer.write(rec)
                 del inputs
     except KeyboardInterrupt:
         result.interrupted = True
@@ -212,7 +220,7 @@ def _make_inputs(case: Workload, rotate_mib: float, seed: int) -> tuple[list[dic
     return copies, case.make_params(rng)
 
 
-def _record(b: Backend, case: Workload, threads: int, peak_gflops: float, base: str | None) -> dict:
+def _record(b: Backend, case: Workload, threads: int, peak_gflops: float, base: str | None, rounds: int) -> dict:
     """A case record with every field, the measured ones None (status "ok" until told otherwise)."""
     lengths = case.key_lengths()
     return {"type": "case", "op": case.op, "case": case.label, "name": case.name, "series": case.series,
@@ -222,31 +230,58 @@ def _record(b: Backend, case: Workload, threads: int, peak_gflops: float, base: 
             "median_us": None, "q1_us": None, "q3_us": None, "min_us": None, "max_us": None,
             "samples": None, "calls_per_sample": None, "gflops": None, "gbps": None,
             "peak_gflops": peak_gflops, "peak_frac": None, "audio_seconds": None, "utterances": None,
-            "rtf": None, "utt_per_s": None, "baseline": base, "speedup": None}
+            "rtf": None, "utt_per_s": None, "baseline": base, "speedup": None, "rounds": 0,
+            "rounds_planned": rounds}
 
 
-def _measure_one(rec: dict, b: Backend, case: Workload, inputs: Callable[[], tuple[list[dict], dict | None]],
-                 base_us: float | None, **timing) -> None:
-    """Times `case` on `b` and fills in `rec` (status "error" with the exception when making the
-    inputs or running fails)."""
-    try:
-        copies, params = inputs()
-        rec["copies"] = len(copies)
-        with b.active():
-            calls = b.prepare(case, copies, params)
-            # Let the previous backend's worker threads (OpenMP, OpenBLAS, attnkit) finish spinning
-            # and go to sleep: on 2 cores a spinning neighbour cost the next backend up to 15%.
-            time.sleep(IDLE_GAP_S)
-            tm = measure(calls, sync=b.sync, **timing)
-    except KeyboardInterrupt:
-        raise
-    except Exception as e:  # a backend failing on one case must not end the run
-        rec.update(status="error", note=f"{type(e).__name__}: {e}")
-        return
+def _measure_case(entries: list[tuple[Backend, dict]], case: Workload,
+                  inputs: Callable[[], tuple[list[dict], dict | None]], rounds: int, prog: Progress, threads: int,
+                  *, budget_s: float, max_samples: int, **timing) -> None:
+    """Times `case` on every backend of `entries` whose record is still "ok", filling in the
+    records: `rounds` rounds in which the backends take turns, each with budget_s / rounds and
+    its share of the samples, pooled per backend. On a shared machine a load spike then falls on
+    every backend's samples rather than on one backend's whole measurement. A backend whose
+    inputs, setup or run fail gets status "error" with the exception and drops out."""
+    calls: dict[int, list[Callable[[], object]]] = {}
+    timings: dict[int, list] = {}
+    for r in range(rounds):
+        for i, (b, rec) in enumerate(entries):
+            if rec["status"] != "ok":
+                continue
+            if r == 0:
+                prog.start(f"{case.op} {case.label} {case.dtype} {threads}thr {b.name}")
+            try:
+                copies, params = inputs()
+                rec["copies"] = len(copies)
+                with b.active():
+                    if i not in calls:
+                        calls[i] = b.prepare(case, copies, params)
+                    # Let the previous backend's worker threads (OpenMP, OpenBLAS, attnkit) finish
+                    # spinning and go to sleep: on 2 cores a spinning neighbour cost the next
+                    # backend up to 15%.
+                    time.sleep(IDLE_GAP_S)
+                    tm = measure(calls[i], sync=b.sync, budget_s=budget_s / rounds,
+                                 max_samples=max(1, math.ceil(max_samples / rounds)), **timing)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # a backend failing on one case must not end the run
+                rec.update(status="error", note=f"{type(e).__name__}: {e}")
+                calls.pop(i, None)
+                prog.done()
+                continue
+            timings.setdefault(i, []).append(tm)
+            _fill(rec, case, pooled(timings[i]), r + 1)
+            if r == rounds - 1:
+                prog.done()
+        if r == 0:
+            for b, rec in entries:
+                if rec["status"] == "skipped":
+                    prog.done()
+
+
+def _fill(rec: dict, case: Workload, tm, rounds_done: int) -> None:
     rec.update(median_us=tm.median_us, q1_us=tm.q1_us, q3_us=tm.q3_us, min_us=tm.min_us, max_us=tm.max_us,
-               samples=tm.samples, calls_per_sample=tm.calls_per_sample)
+               samples=tm.samples, calls_per_sample=tm.calls_per_sample, rounds=rounds_done)
     rec.update(case.rates(tm.median_us * 1e-6))
     if rec["gflops"] is not None and rec["peak_gflops"]:
         rec["peak_frac"] = rec["gflops"] / rec["peak_gflops"]
-    if base_us is not None:
-        rec["speedup"] = base_us / tm.median_us

@@ -3,7 +3,8 @@
 A sample is the mean over `inner` consecutive calls, with `inner` chosen after the warm-up so a
 sample lasts about budget / max_samples (at least 200 us): microsecond calls are then timed over
 thousands of calls, and long calls one at a time. Calls cycle through the prepared callables (one
-per rotated input copy), so consecutive calls read different buffers.
+per rotated input copy), so consecutive calls read different buffers. `pooled` merges the
+samples of several rounds of one case (the runner's backends take turns round by round).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Timing:
     calls_per_sample: int
     warmup_calls: int
     total_s: float
+    values_us: tuple[float, ...] = ()  # every sample, in the order taken
 
     @property
     def iqr_us(self) -> float:
@@ -87,7 +89,20 @@ def measure(
                 or spent >= 3 * budget_s):
             break
 
-    s = np.asarray(samples) * 1e6
+    return _stats(np.asarray(samples) * 1e6, inner, n, clock() - start)
+
+
+def _stats(s: np.ndarray, inner: int, warmup_calls: int, total_s: float) -> Timing:
     q1, med, q3 = np.percentile(s, [25, 50, 75])
-    return Timing(float(med), float(q1), float(q3), float(s.min()), float(s.max()), len(samples),
-                  inner, n, clock() - start)
+    return Timing(float(med), float(q1), float(q3), float(s.min()), float(s.max()), len(s), inner, warmup_calls,
+                  total_s, tuple(s.tolist()))
+
+
+def pooled(timings: Sequence[Timing]) -> Timing:
+    """The statistics of all samples of `timings` together (rounds of one case on one backend);
+    calls_per_sample is the most common of theirs."""
+    if not timings:
+        raise ValueError("pooled: timings must not be empty")
+    inners = [t.calls_per_sample for t in timings]
+    return _stats(np.concatenate([t.values_us for t in timings]), max(set(inners), key=inners.count),
+                  sum(t.warmup_calls for t in timings), sum(t.total_s for t in timings))
