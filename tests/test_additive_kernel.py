@@ -62,21 +62,46 @@ def test_kernel_matches_numpy_definition(isa, rng, dtype, B, T, A, Ev, N, C, R, 
         assert all(np.all(w[n, L[n]:] == 0) for n in range(len(L)))
 
 
+def keys_layout(P, layout, heads=3):
+    """P [B, T, A] as the kernel may get it: C-contiguous ("rows"), the [B, T, A] view of
+    [B, A, T] storage ("frames", AttDot's cache), or that of one head of [B, H, A, T] storage
+    ("head", the multi-head cache: utterances further apart than one block)."""
+    if layout == "rows":
+        return P
+    if layout == "frames":
+        return np.ascontiguousarray(P.transpose(0, 2, 1)).transpose(0, 2, 1)
+    storage = np.zeros((P.shape[0], heads, P.shape[2], P.shape[1]), P.dtype)
+    storage[:, 1] = P.transpose(0, 2, 1)
+    return storage[:, 1].transpose(0, 2, 1)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B,T,A,Ev,N,lengths", [
     (1, 1, 1, 1, 1, [1]),
     (3, 9, 6, 7, 5, [5, 9, 3]),           # frames that straddle the 8-frame transposes
-    (2, 37, 33, 17, 10, [37, 20]),       # A with a tail
+    (2, 37, 33, 17, 10, [37, 20]),       # A with a tail; frame tiles of 16 and a tail
     (2, 200, 320, 320, 10, [200, 131]),  # recipe sizes
+    (3, 41, 7, 5, 17, [41, 2, 40]),      # slices of 8 rows (5 + 3 row tiles), unsorted rows
 ])
-def test_dot_energies_match_numpy_definition(isa, rng, dtype, B, T, A, Ev, N, lengths):
-    """gvec_w None: AttDot's energies, <P[rows[n], t], q[n]>."""
+@pytest.mark.parametrize("layout", ["rows", "frames", "head"])
+def test_dot_energies_match_numpy_definition(isa, rng, dtype, B, T, A, Ev, N, lengths, layout):
+    """gvec_w None: AttDot's energies, <P[rows[n], t], q[n]>, with the keys in any layout the
+    kernel reads."""
     args = case(rng, dtype, B, T, A, Ev, N, 0, 0, 0, lengths, False, dot=True)
-    args["P"] = np.tanh(args["P"])  # AttDot's keys and query are tanh projections
+    args["P"] = keys_layout(np.tanh(args["P"]), layout)  # AttDot's keys and query are tanh projections
     args["q"] = np.tanh(args["q"])
     (ctx_ref, w_ref), (ctx, w) = run_both(args, dtype)
     assert_close(w, w_ref, dtype, f"weights isa={isa}")
     assert_close(ctx, ctx_ref, dtype, f"context isa={isa}")
+
+
+def test_frames_inner_keys_only_for_dot_energies(rng):
+    """A [B, T, A] view of [B, A, T] storage is the dot-product energies' layout; the additive
+    energies need C-contiguous keys."""
+    args = case(rng, np.float32, 2, 9, 6, 7, 3, 0, 0, 0, [9, 4], False)
+    args["P"] = keys_layout(args["P"], "frames")
+    with pytest.raises(ValueError, match="P must be C-contiguous"):
+        _core.additive_step(**args, out_context=np.empty((3, 7), np.float32), out_weights=np.empty((3, 9), np.float32))
 
 
 
@@ -87,12 +112,15 @@ def test_dot_energies_match_numpy_definition(isa, rng, dtype, B, T, A, Ev, N, le
     (2, 61, 9, 7, 3, 2, 21, [61, 40], False),      # utterances of unequal lengths
     (1, 13, 5, 3, 1, 0, 0, [13], False),           # two energy blocks, the second of one frame
     (1, 203, 37, 17, 1, 0, 0, [203], True),        # dot-product energies
+    (1, 203, 37, 17, 3, 0, 0, [203], "frames"),    # dot-product energies, keys frames-inner
 ])
 def test_kernel_bits_do_not_depend_on_the_thread_count(isa, rng, dtype, B, T, A, Ev, N, C, K, lengths, dot):
     """With fewer row slices than threads (one hypothesis on 2 threads), the kernel cuts the
     frames and the context's columns across threads: every thread count gives the same bits, as a
     frame's energy and a context element are summed in the same order whoever owns them."""
-    args = case(rng, dtype, B, T, A, Ev, N, C, 1, K, lengths, False, dot=dot)
+    args = case(rng, dtype, B, T, A, Ev, N, C, 1, K, lengths, False, dot=bool(dot))
+    if dot == "frames":
+        args["P"] = keys_layout(args["P"], "frames")
     before = attnkit.get_num_threads()
     outs = []
     try:

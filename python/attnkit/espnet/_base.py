@@ -77,7 +77,8 @@ class Prepared:
 
     enc ``[B, T, E]`` a copy of the encoder output in the module's dtype; lengths int64 ``[B]``;
     keys: the cached projection, ``[B, T, A]`` (ESPnet's ``pre_compute_enc_h``) or ``[B, H, T, A_k]``
-    (multi-head ``pre_compute_k``); values ``[B, H, T, A_v]`` (multi-head ``pre_compute_v``);
+    (multi-head ``pre_compute_k``; the dot-product classes keep both as views of storage with the
+    frames innermost, the layout of their kernel); values ``[B, H, T, A_v]`` (multi-head ``pre_compute_v``);
     mean ``[B, E]`` (NoAtt's context). Unused fields are None.
     """
 

@@ -160,6 +160,15 @@ def weighted_sum(w: np.ndarray, values: np.ndarray, lengths: np.ndarray, rows: n
     return out
 
 
+def _kernel_keys(K: np.ndarray) -> np.ndarray:
+    """One head's keys ``[B, T, A]`` as the kernel reads them: unchanged if frames-inner (each
+    utterance a C-contiguous [A, T] block) or C-contiguous, else a C-contiguous copy."""
+    s = K.strides
+    if K.shape[1] > 1 and s[1] == K.itemsize and s[2] == K.shape[1] * K.itemsize and s[0] >= K.shape[1] * s[2]:
+        return K
+    return np.ascontiguousarray(K)
+
+
 def dot_product_step(K, values, lengths, rows, q, scaling, out_context, out_weights) -> None:
     """softmax(scaling * <K[rows[n], t], q[n]>) over the valid frames, and the weighted values.
 
@@ -168,9 +177,11 @@ def dot_product_step(K, values, lengths, rows, q, scaling, out_context, out_weig
     ``[N, H, A]``, out_context ``[N, H, Ev]``, out_weights ``[N, H, T]``.
 
     Runs on the fused step kernel with dot-product energies, one call per head (the multi-head
-    classes store K and V head-major, so each head's block is contiguous). Rows of one utterance
-    share each block of K read from memory. (The SDPA kernel, used here before, packs K on every
-    call: 74 us for AttDot's N=10 T=200 A=320 step on one thread.)
+    classes store K and V head-major, so each head's block is contiguous). K may be C-contiguous
+    or the [.., T, A] view of [.., A, T] storage (the classes' caches), which the kernel reads
+    frames-inner. Rows of one utterance share each block of K read from memory. (The SDPA kernel,
+    used here before, packs K on every call: 74 us for AttDot's N=10 T=200 A=320 step on one
+    thread.)
     """
     if K.ndim == 3:
         fused_additive_step(K, values, lengths, rows, q, None, None, None, None, None, scaling, out_context, out_weights)
@@ -180,7 +191,7 @@ def dot_product_step(K, values, lengths, rows, q, scaling, out_context, out_weig
     ctx = np.empty((H, *out_context.shape[::2]), out_context.dtype)  # [H, N, Ev]
     w = np.empty((H, *out_weights.shape[::2]), out_weights.dtype)  # [H, N, T]
     for h in range(H):
-        fused_additive_step(np.ascontiguousarray(K[:, h]), np.ascontiguousarray(values[:, h]), lengths, rows, qh[h],
+        fused_additive_step(_kernel_keys(K[:, h]), np.ascontiguousarray(values[:, h]), lengths, rows, qh[h],
                             None, None, None, None, None, scaling, ctx[h], w[h])
     out_context[...] = ctx.transpose(1, 0, 2)
     out_weights[...] = w.transpose(1, 0, 2)

@@ -63,22 +63,29 @@ class MultiHead(EspnetAttention):
             })
         return self._stack[1]
 
-    def _heads(self, x: np.ndarray, d: int) -> np.ndarray:
-        """[B, T, H*d] -> [B, H, T, d], a view of head-major storage [H, B, T, d].
+    def _heads(self, x: np.ndarray, d: int, frames_inner: bool = False) -> np.ndarray:
+        """[B, T, H*d] -> [B, H, T, d], a view of head-major storage [H, B, T, d] (with
+        ``frames_inner``, [H, B, d, T]).
 
-        Head-major, so that each head's block ``x[:, h]`` is C-contiguous, as the additive kernel
-        requires; the dot-product kernel reads the [B, H, T, d] view through its strides.
+        Head-major, so that each head's block ``x[:, h]`` is one contiguous block, as the step
+        kernel requires; frames inner for the dot-product keys, whose energies the kernel then
+        runs over frames in vectors.
         """
         B, T, _ = x.shape
-        storage = np.ascontiguousarray(x.reshape(B, T, self.aheads, d).transpose(2, 0, 1, 3))
+        heads = x.reshape(B, T, self.aheads, d)
+        order = (2, 0, 3, 1) if frames_inner else (2, 0, 1, 3)
+        storage = np.ascontiguousarray(heads.transpose(*order))
         storage.flags.writeable = False
-        return storage.transpose(1, 0, 2, 3)
+        return storage.transpose(1, 0, 3, 2) if frames_inner else storage.transpose(1, 0, 2, 3)
 
     def _precompute(self, enc, lengths):
         st = self._stacked()
-        keys = self._heads(linear(enc, st["k"]), self.att_dim_k)
-        return {"keys": np.tanh(keys) if self._energy == "dot" else keys,
-                "values": self._heads(linear(enc, st["v"]), self.att_dim_v)}
+        keys = linear(enc, st["k"])
+        if self._energy == "dot":
+            keys = self._heads(np.tanh(keys), self.att_dim_k, frames_inner=True)
+        else:
+            keys = self._heads(keys, self.att_dim_k)
+        return {"keys": keys, "values": self._heads(linear(enc, st["v"]), self.att_dim_v)}
 
     def _initial(self, prepared, rows):
         if self._energy != "loc":

@@ -54,7 +54,9 @@ struct AdditiveStepParams {
   DType dtype = DType::f32;
   int64_t B = 0, T = 0, A = 0, Ev = 0, N = 0;
   int64_t C = 0, R = 0, K = 0;       // location conv: channels, input rows, width (C = 0: none)
-  const void* P = nullptr;           // [B][T][A] contiguous
+  const void* P = nullptr;           // [B][T][A] contiguous, or (dot-product energies) [B][A][T]
+  bool P_frames_inner = false;       // P is [b][a][t] at P + b * P_batch_stride + a * T + t
+  int64_t P_batch_stride = 0;        // elements between utterances when P_frames_inner
   const void* values = nullptr;      // [B][T][Ev] contiguous
   const int64_t* lengths = nullptr;  // [B], 1 <= lengths[b] <= T
   const int64_t* rows = nullptr;     // [N], 0 <= rows[n] < B

@@ -1,5 +1,6 @@
 // Binding of the fused additive attention step used by attnkit.espnet (see AdditiveStepParams).
-// Every array must be C-contiguous; the Python caller makes them so once per prepared utterance.
+// Every array must be C-contiguous (the Python caller makes them so once per prepared utterance),
+// except dot-product keys, which may also be the [B, T, A] view of a [B, A, T] array.
 #include <cmath>
 #include <memory>
 #include <string>
@@ -57,7 +58,21 @@ void additive_step(nb::handle P, nb::handle values, nb::handle lengths, nb::hand
     throw TypeError(std::string(kOp) + ": P must be float32 or float64, got " + probe.dtype_name());
   const Kind k = probe.kind();
   p.dtype = k == Kind::f32 ? DType::f32 : DType::f64;
-  p.P = c.get(P, "P", {-1, -1, -1}, k);
+  if (gvec.is_none() && probe.ndim() == 3 && probe.shape(0) >= 1 && probe.shape(1) > 1 && probe.stride(1) == 1 && probe.stride(2) == probe.shape(1)) {
+    // Dot-product keys stored [B, A, T] and passed as their [B, T, A] view (AttDot's cache):
+    // the kernel's energies then run over frames in vectors. Any utterance stride (one head of
+    // a head-major multi-head cache); the buffer protocol reports a meaningless one for B = 1.
+    const int64_t block = probe.shape(1) * probe.shape(2);
+    const int64_t batch_stride = probe.shape(0) == 1 ? block : probe.stride(0);
+    if (!probe.aligned() || batch_stride < block)
+      throw ValueError(std::string(kOp) + ": P must be aligned, with utterances that do not overlap");
+    c.held.push_back(std::make_unique<HostArray>(P, kOp, "P"));
+    p.P = c.held.back()->data();
+    p.P_frames_inner = true;
+    p.P_batch_stride = batch_stride;
+  } else {
+    p.P = c.get(P, "P", {-1, -1, -1}, k);
+  }
   p.B = c.dim(0, 0), p.T = c.dim(0, 1), p.A = c.dim(0, 2);
   p.values = c.get(values, "values", {p.B, p.T, -1}, k);
   p.Ev = c.dim(1, 2);

@@ -1,5 +1,7 @@
 // Fused ESPnet additive / location-aware attention step (AdditiveStepParams in params.h),
-// compiled once per ISA; without gvec, AttDot's dot-product energies take the place of step 2.
+// compiled once per ISA; without gvec, AttDot's dot-product energies take the place of step 2
+// (keys C-contiguous: one accumulator per frame, summed by a transpose; keys frames-inner, the
+// [B, T, A] view of [B, A, T] storage that AttDot caches: tiles of rows x frames, no lane sums).
 // Per task (a slice of rows of one utterance):
 //   1. location features f[row][c][t] for the valid frames (conv with 2 frame vectors x 5
 //      channels of accumulators, so each load of the padded weights feeds 5 FMAs);
@@ -40,6 +42,7 @@ constexpr int kAVecs = 2;               // ... x 2 vectors of A (12 accumulators
 constexpr int kConvChans = 5;           // conv register tile: 5 channels ...
 constexpr int kConvVecs = 2;            // ... x 2 vectors of frames (10 accumulators)
 constexpr int kCtxRows = 5;             // context register tile: up to 5 rows x 2-8 vectors of E
+constexpr int64_t kDotBlockA = 32;      // terms per partial sum of a frames-inner dot-product energy
 constexpr double kLog2e = 1.4426950408889634;
 
 // gvec . tanh(x) summed over A, written as sum(g) - 2 sum(g / (2^y + 1)) with y = 2 log2(e) x:
@@ -216,6 +219,68 @@ struct AdditiveKernel {
     for (int j = 0; j < nf; ++j) e[t0 + j] = sum[j];
   }
 
+  // Dot-product energies from keys stored [B][A][T] (P_frames_inner): es[r][t] = q[ns[r]] .
+  // P[b, :, t] for t in [t_begin, t_end), R rows at once in tiles of R rows x NV vectors of
+  // frames: each key vector feeds R FMAs, and nothing is summed across lanes. The sum over a runs
+  // in blocks of kDotBlockA, each block's partial added to the total in es: one chain of all A
+  // terms in float32 missed the float64 reference by 3.5e-5 on a recipe-sized context, where 8
+  // lanes of 40 terms (energies_dot) stayed inside 1e-5. Every energy is summed in the same order
+  // whatever its tile (or thread count).
+  template <int R>
+  void energies_dot_frames(const int64_t* ns, int64_t b, int64_t t_begin, int64_t t_end, T* const* es) const {
+    constexpr int NV = R >= 4 ? 2 : (R == 3 ? 3 : 8 / R);
+    const T* Pb = P + b * p.P_batch_stride;
+    const T* qr[R];
+    for (int r = 0; r < R; ++r) qr[r] = q + ns[r] * p.A;
+    int64_t t = t_begin;
+    for (; t + NV * W <= t_end; t += NV * W)
+      for (int64_t a0 = 0; a0 < p.A; a0 += kDotBlockA) {
+        V acc[R][NV] = {};
+        const T* pa = Pb + a0 * p.T + t;
+        for (int64_t a = a0; a < std::min(p.A, a0 + kDotBlockA); ++a, pa += p.T) {
+          V pv[NV];
+          for (int v = 0; v < NV; ++v) pv[v] = load(pa + v * W);
+          for (int r = 0; r < R; ++r) {
+            const V qs = splat<T>(qr[r][a]);
+            for (int v = 0; v < NV; ++v) acc[r][v] += qs * pv[v];
+          }
+        }
+        for (int r = 0; r < R; ++r)
+          for (int v = 0; v < NV; ++v) store(es[r] + t + v * W, a0 ? load(es[r] + t + v * W) + acc[r][v] : acc[r][v]);
+      }
+    for (; t < t_end; t += W) {
+      const int width = int(std::min<int64_t>(W, t_end - t));
+      for (int64_t a0 = 0; a0 < p.A; a0 += kDotBlockA) {
+        V acc[R] = {};
+        const T* pa = Pb + a0 * p.T + t;
+        for (int64_t a = a0; a < std::min(p.A, a0 + kDotBlockA); ++a, pa += p.T) {
+          const V pv = width == W ? load(pa) : load_partial(pa, width);
+          for (int r = 0; r < R; ++r) acc[r] += splat<T>(qr[r][a]) * pv;
+        }
+        for (int r = 0; r < R; ++r)
+          store_partial(es[r] + t, a0 ? load_partial(es[r] + t, width) + acc[r] : acc[r], width);
+      }
+    }
+  }
+
+  // energies_dot_frames for the rows ns[0..cnt) of utterance b, row i's energies at e + i * T_pad.
+  __attribute__((noinline)) void energies_dot_rows(const int64_t* ns, int64_t cnt, int64_t b, int64_t t_begin,
+                                                   int64_t t_end, T* e) const {
+    static_assert(kCtxRows == 5, "energies_dot_rows dispatches tiles of 1 to 5 rows");
+    for (int64_t i = 0; i < cnt; i += kCtxRows) {
+      T* es[kCtxRows];
+      const int m = int(std::min<int64_t>(kCtxRows, cnt - i));
+      for (int r = 0; r < m; ++r) es[r] = e + (i + r) * T_pad;
+      switch (m) {
+        case 1: energies_dot_frames<1>(ns + i, b, t_begin, t_end, es); break;
+        case 2: energies_dot_frames<2>(ns + i, b, t_begin, t_end, es); break;
+        case 3: energies_dot_frames<3>(ns + i, b, t_begin, t_end, es); break;
+        case 4: energies_dot_frames<4>(ns + i, b, t_begin, t_end, es); break;
+        default: energies_dot_frames<5>(ns + i, b, t_begin, t_end, es); break;
+      }
+    }
+  }
+
   // The block's rows of P times 2 log2(e), zero-padded to [kFrameBlock][A_pad].
   void copy_block(int64_t b, int64_t t0, int nf, T* Pblk) const {
     for (int k = 0; k < kFrameBlock; ++k) {
@@ -315,6 +380,10 @@ struct AdditiveKernel {
   void scores(const Task& task, T* f, T* pad, T* Pblk, T* qb, T* e) const {
     const auto [i0, i1, t_begin, t_end] = task;
     const int64_t b = p.rows[order[i0]];
+    if (!gvec && p.P_frames_inner) {
+      energies_dot_rows(order.data() + i0, i1 - i0, b, t_begin, t_end, e);
+      return;
+    }
     if (!gvec) {
       // Frames outer, rows inner: each block of W frames of P serves the whole slice from L1.
       for (int64_t t0 = t_begin; t0 < t_end; t0 += W)

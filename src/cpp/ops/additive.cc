@@ -17,6 +17,8 @@ void additive_step_cpu(const AdditiveStepParams& p) {
     if (p.rows[n] < 0 || p.rows[n] >= p.B)
       throw ValueError(op + "rows must lie in [0, B=" + std::to_string(p.B) + "), got rows[" + std::to_string(n) +
                        "]=" + std::to_string(p.rows[n]));
+  if (p.P_frames_inner && p.gvec)
+    throw ValueError(op + "P stored frames-inner ([B, A, T]) serves dot-product energies only (gvec_w None)");
   if (!p.gvec && p.C > 0)
     throw ValueError(op + "dot-product energies (gvec_w None) take no location term (att_in must be None)");
   if (p.C > 0 && p.K % 2 == 0)
