@@ -218,3 +218,22 @@ def test_linear_copies_a_misaligned_input(rng, packed):
     assert_close(got, x @ w.T, np.float64, "linear of a misaligned x")
     with pytest.raises(ValueError, match="x must be an aligned, C-contiguous array"):
         _core.linear(view, w, None, np.empty((3, 5)))
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_dot_classes_hand_their_cached_keys_to_the_kernel_uncopied(rng, B):
+    """AttDot's and each head of AttMultiHeadDot's cached keys are frames-inner views that the
+    kernel reads as they are; other layouts get a C-contiguous copy."""
+    from attnkit.espnet import AttDot, AttMultiHeadDot
+    from attnkit.espnet._kernels import _kernel_keys
+
+    enc, lengths = rng.standard_normal((B, 20, 32)).astype(np.float32), np.full(B, 20)
+    multi = AttMultiHeadDot(32, 16, 4, 8, 8, seed=0).prepare(enc, lengths)
+    single = AttDot(32, 16, 8, seed=0).prepare(enc, lengths)
+    for keys in [single.keys] + [multi.keys[:, h] for h in range(4)]:
+        assert keys.shape == (B, 20, 8) and _kernel_keys(keys) is keys
+    c_order = np.ascontiguousarray(single.keys)
+    assert _kernel_keys(c_order) is c_order
+    every_other_frame = np.repeat(single.keys, 2, axis=1)[:, ::2]
+    copied = _kernel_keys(every_other_frame)
+    assert copied.flags.c_contiguous and np.array_equal(copied, single.keys)

@@ -248,8 +248,8 @@ def _measure_case(entries: list[tuple[Backend, dict]], case: Workload,
         for i, (b, rec) in enumerate(entries):
             if rec["status"] != "ok":
                 continue
-            if r == 0:
-                prog.start(f"{case.op} {case.label} {case.dtype} {threads}thr {b.name}")
+            prog.start(f"{case.op} {case.label} {case.dtype} {threads}thr {b.name}"
+                       + (f" (round {r + 1}/{rounds})" if rounds > 1 else ""))
             try:
                 copies, params = inputs()
                 rec["copies"] = len(copies)

@@ -164,7 +164,7 @@ def _kernel_keys(K: np.ndarray) -> np.ndarray:
     """One head's keys ``[B, T, A]`` as the kernel reads them: unchanged if frames-inner (each
     utterance a C-contiguous [A, T] block) or C-contiguous, else a C-contiguous copy."""
     s = K.strides
-    if K.shape[1] > 1 and s[1] == K.itemsize and s[2] == K.shape[1] * K.itemsize and s[0] >= K.shape[1] * s[2]:
+    if K.shape[1] > 1 and s[1] == K.itemsize and s[2] == K.shape[1] * K.itemsize and s[0] >= K.shape[2] * s[2]:
         return K
     return np.ascontiguousarray(K)
 
