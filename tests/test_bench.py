@@ -283,7 +283,8 @@ def test_rounds_alternate_the_backends_and_pool_their_samples(tmp_path, capsys, 
     prepared = []
     for cls in (AttnkitCPU, NumpyCPU):
         real_prepare = cls.prepare
-        monkeypatch.setattr(cls, "prepare", lambda self, *a, real=real_prepare: prepared.append(self.name) or real(self, *a))
+        monkeypatch.setattr(cls, "prepare",
+                            lambda self, *a, real=real_prepare: prepared.append(self.name) or real(self, *a))
     path = tmp_path / "run.json"
     rc = main(TINY + ["--rounds", "3", "--repeats", "6", "--json", str(path)])
     out = capsys.readouterr().out

@@ -58,7 +58,9 @@ void additive_step(nb::handle P, nb::handle values, nb::handle lengths, nb::hand
     throw TypeError(std::string(kOp) + ": P must be float32 or float64, got " + probe.dtype_name());
   const Kind k = probe.kind();
   p.dtype = k == Kind::f32 ? DType::f32 : DType::f64;
-  if (gvec.is_none() && probe.ndim() == 3 && probe.shape(0) >= 1 && probe.shape(1) > 1 && probe.stride(1) == 1 && probe.stride(2) == probe.shape(1)) {
+  const bool frames_inner = gvec.is_none() && probe.ndim() == 3 && probe.shape(0) >= 1 && probe.shape(1) > 1 &&
+                            probe.stride(1) == 1 && probe.stride(2) == probe.shape(1);
+  if (frames_inner) {
     // Dot-product keys stored [B, A, T] and passed as their [B, T, A] view (AttDot's cache):
     // the kernel's energies then run over frames in vectors. Any utterance stride (one head of
     // a head-major multi-head cache); the buffer protocol reports a meaningless one for B = 1.
