@@ -14,7 +14,8 @@ import attnkit
 from attnkit.bench import cases as bench_cases
 from attnkit.bench.backends import AttnkitCPU, NumpyCPU
 from attnkit.bench.cases import DecodeCase, EspnetStepCase, espnet_step_case, espnet_step_cases, quick_cases
-from attnkit.bench.espnet_step import make_attention, numpy_step, reference_inputs, torch_reference_inputs, torch_step
+from attnkit.bench.espnet_step import (attnkit_state, make_attention, numpy_step, reference_inputs,
+                                       torch_reference_inputs, torch_step)
 from attnkit.bench.plots import write_plots
 from attnkit.cli import main
 
@@ -68,6 +69,18 @@ def test_case_arguments_are_checked():
         DecodeCase("greedy", beam=4)
 
 
+def test_espnet_step_inputs_hold_distinct_previous_weights():
+    """Every row's previous weights differ (rows that share them would let attnkit skip their
+    location conv, which only a search's siblings do): each a softmax over its valid frames."""
+    case = EspnetStepCase("AttLoc", 2, 3, 60)
+    inputs = case.make_inputs(np.random.default_rng(0))
+    a, lengths = inputs["a_prev"], inputs["lengths"][inputs["rows"]]
+    assert a.shape == (6, 60) and a.dtype == np.float32
+    np.testing.assert_allclose(a.sum(1), 1, rtol=1e-5)
+    assert all(np.all(a[n, lengths[n]:] == 0) and np.all(a[n, :lengths[n]] > 0) for n in range(6))
+    assert len({r.tobytes() for r in a}) == 6
+
+
 # ---- the peers compute what attnkit computes ---------------------------------------------------------
 
 
@@ -77,8 +90,7 @@ def step_inputs(cls, dtype="float64"):
     inputs, params = case.make_inputs(rng), case.make_params(rng)
     att = make_attention(case, params=params)
     prepared = att.prepare(inputs["enc"], inputs["lengths"])
-    state = att.initial_state(prepared, inputs["rows"]) if cls in ("AttLoc", "AttMultiHeadLoc") else None
-    want = att.step(prepared, inputs["dec_z"], state, rows=inputs["rows"]).context
+    want = att.step(prepared, inputs["dec_z"], attnkit_state(case, inputs["a_prev"]), rows=inputs["rows"]).context
     return case, inputs, params, want
 
 

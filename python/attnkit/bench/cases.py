@@ -338,12 +338,20 @@ class EspnetStepCase(Workload):
         return np.dtype(self.dtype).itemsize * (cache + weights + N * (Dz + state_in + weights_out + E))
 
     def make_inputs(self, rng: np.random.Generator) -> dict:
-        """{"enc" [U, T, E], "lengths" [U], "rows" [N] (utterance of each row), "dec_z" [N, Dz]}."""
+        """{"enc" [U, T, E], "lengths" [U], "rows" [N] (utterance of each row), "dec_z" [N, Dz],
+        "a_prev" [N, T]}: a_prev, the previous attention weights, differs from row to row (a
+        softmax of random scores over the row's valid frames), as in the middle of a search;
+        at its first step every hypothesis would hold the same uniform weights."""
         dt = np.dtype(self.dtype)
+        rows = np.repeat(np.arange(self.utterances, dtype=np.int64), self.hyps)
+        valid = np.arange(self.T)[None, :] < self.utterance_lengths()[rows][:, None]
+        scores = np.where(valid, 2 * rng.standard_normal((self.N, self.T)), -np.inf)
+        a_prev = np.exp(scores - scores.max(1, keepdims=True))
         return {"enc": rng.standard_normal((self.utterances, self.T, self.E), dtype=dt),
                 "lengths": self.utterance_lengths(),
-                "rows": np.repeat(np.arange(self.utterances, dtype=np.int64), self.hyps),
-                "dec_z": rng.standard_normal((self.N, self.Dz), dtype=dt)}
+                "rows": rows,
+                "dec_z": rng.standard_normal((self.N, self.Dz), dtype=dt),
+                "a_prev": (a_prev / a_prev.sum(1, keepdims=True)).astype(dt)}
 
     def make_params(self, rng: np.random.Generator) -> dict:
         """The class's weights under ESPnet's state_dict names (ESPnet's initialisation)."""

@@ -81,7 +81,7 @@ def reference_inputs(case: "EspnetStepCase", inputs: dict, params: dict) -> tupl
     rows = inputs["rows"]
     enc_rows = inputs["enc"][rows]
     valid = np.arange(case.T)[None, :] < inputs["lengths"][rows][:, None]
-    a_prev = (valid / valid.sum(1, keepdims=True)).astype(case.dtype)
+    a_prev = inputs["a_prev"]
     if case.cls == "AttDot":
         pre = np.tanh(enc_rows @ p["mlp_enc.weight"].T + p["mlp_enc.bias"])
     elif case.cls in ("AttAdd", "AttLoc"):
@@ -129,12 +129,20 @@ def torch_step(torch, name, p, pre, enc, valid, dec_z, a_prev, heads=1):
 # ---- callables for the bench backends ------------------------------------------------------------
 
 
+def attnkit_state(case: "EspnetStepCase", a_prev: np.ndarray):
+    """The step's previous-weights state from the case's a_prev ``[N, T]``: as is for AttLoc, the
+    same weights for every head for AttMultiHeadLoc (as the peers use them), None otherwise."""
+    if case.cls not in STATEFUL:
+        return None
+    return np.repeat(a_prev[:, None, :], case.heads, axis=1) if case.multi_head else a_prev
+
+
 def attnkit_calls(case: "EspnetStepCase", copies: list[dict], params: dict) -> list[Callable[[], object]]:
     att = make_attention(case, params=params)
     calls = []
     for c in copies:
         prepared = att.prepare(c["enc"], c["lengths"])
-        state = att.initial_state(prepared, c["rows"]) if case.cls in STATEFUL else None
+        state = attnkit_state(case, c["a_prev"])
         calls.append(lambda c=c, prepared=prepared, state=state:
                      att.step(prepared, c["dec_z"], state, rows=c["rows"]))
     return calls

@@ -4,7 +4,8 @@
 // [B, T, A] view of [B, A, T] storage that AttDot caches: tiles of rows x frames, no lane sums).
 // Per task (a slice of rows of one utterance):
 //   1. location features f[row][c][t] for the valid frames (conv with 2 frame vectors x 5
-//      channels of accumulators, so each load of the padded weights feeds 5 FMAs);
+//      channels of accumulators, so each load of the padded weights feeds 5 FMAs), copied
+//      instead for a row whose att_in equals an earlier row's (a search's siblings);
 //   2. energies block by block of 12 frames, the rows of the slice inner, so each block of the
 //      utterance's projection P (12 frames x A, copied once into an L1-resident, zero-padded
 //      buffer) serves the whole beam: the pre-activations X = P + q + bias + f proj^T come out of
@@ -22,6 +23,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <vector>
@@ -150,6 +152,15 @@ struct AdditiveKernel {
           for (int v = 0; v < kConvVecs; ++v) store(f + (c0 + c) * T_pad + t + v * W, acc[c][v]);
       }
     }
+  }
+
+  // The first i in [i0, i) whose row's att_in is bit-for-bit row order[i]'s, or -1.
+  int64_t same_att_in_before(int64_t i0, int64_t i) const {
+    const std::size_t bytes = std::size_t(p.R * p.T) * sizeof(T);
+    const T* mine = att_in + order[i] * p.R * p.T;
+    for (int64_t j = i0; j < i; ++j)
+      if (std::memcmp(att_in + order[j] * p.R * p.T, mine, bytes) == 0) return j;
+    return -1;
   }
 
   // e[t0 + k] for k < nf (the frames of one block), row n: gvec . tanh(X[k]) with
@@ -392,7 +403,17 @@ struct AdditiveKernel {
       return;
     }
     if (p.C > 0)
-      for (int64_t i = i0; i < i1; ++i) location_features(order[i], t_begin, t_end, f + (i - i0) * p.C * T_pad, pad);
+      for (int64_t i = i0; i < i1; ++i) {
+        // A beam search hands every child its parent's weights, so siblings share att_in: a row
+        // whose att_in equals (bit for bit) an earlier row's of the slice copies its location
+        // features, the same numbers, instead of running the conv again.
+        T* fi = f + (i - i0) * p.C * T_pad;
+        const int64_t twin = same_att_in_before(i0, i);
+        if (twin >= 0)
+          std::copy(f + (twin - i0) * p.C * T_pad, f + (twin - i0 + 1) * p.C * T_pad, fi);
+        else
+          location_features(order[i], t_begin, t_end, fi, pad);
+      }
     for (int64_t i = i0; i < i1; ++i) {
       const T* qn = q + order[i] * p.A;
       T* qbi = qb + (i - i0) * A_pad;
