@@ -240,26 +240,41 @@ def test_dot_classes_hand_their_cached_keys_to_the_kernel_uncopied(rng, B):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_rows_sharing_att_in_get_the_bits_of_rows_run_alone(isa, rng, dtype):
-    """Siblings of a beam share their parent's weights: the kernel copies the location features
-    of a row whose att_in equals an earlier row's. Every row still gets exactly the numbers it
-    gets when it runs alone."""
-    args = case(rng, dtype, 2, 61, 33, 17, 7, 4, 1, 21, [61, 40], False)
-    args["rows"] = np.array([0, 0, 1, 0, 1, 0, 1], np.int64)
+@pytest.mark.parametrize("B", [1, 2])
+def test_siblings_share_their_location_work_with_the_same_numbers(isa, rng, dtype, B):
+    """Siblings of a beam share their parent's weights: the kernel computes the location features
+    and their projection once per group of rows with the same att_in. A row's numbers do not
+    depend on the order of the rows or on the thread count (which decide the groups: with one
+    utterance the rows are cut into as many slices as threads, down to one row each)."""
+    args = case(rng, dtype, B, 61, 33, 17, 7, 4, 1, 21, [61, 40][:B], False)
+    args["rows"] = np.array([0, 0, 1, 0, 1, 0, 1], np.int64) % B
     att = args["att_in"]
     att[1] = att[3] = att[0]  # three siblings of utterance 0
     att[4] = att[2]           # two of utterance 1
+    att[5] = att[0]
     att[5, 0, 7] = np.nextafter(att[0, 0, 7], dtype(2))  # one bit away: not a sibling
-    att[5] = np.where(np.arange(61) == 7, att[5], att[0])
     N, T, Ev = 7, 61, 17
-    ctx, w = np.empty((N, Ev), dtype), np.empty((N, T), dtype)
-    _core.additive_step(**args, out_context=ctx, out_weights=w)
-    for n in range(N):
-        alone = dict(args, rows=args["rows"][n:n + 1], q=args["q"][n:n + 1], att_in=att[n:n + 1])
-        c1, w1 = np.empty((1, Ev), dtype), np.empty((1, T), dtype)
-        _core.additive_step(**alone, out_context=c1, out_weights=w1)
-        np.testing.assert_array_equal(w[n], w1[0])
-        np.testing.assert_array_equal(ctx[n], c1[0])
+
+    def run(a, threads):
+        attnkit.set_num_threads(threads)
+        ctx, w = np.empty((N, Ev), dtype), np.empty((N, T), dtype)
+        _core.additive_step(**a, out_context=ctx, out_weights=w)
+        return ctx, w
+
+    before = attnkit.get_num_threads()
+    try:
+        ctx, w = run(args, 1)
+        for threads in (2, 3, 5, 16):
+            c2, w2 = run(args, threads)
+            np.testing.assert_array_equal(w2, w)
+            np.testing.assert_array_equal(c2, ctx)
+        perm = np.array([6, 3, 5, 0, 2, 4, 1])
+        shuffled = dict(args, rows=args["rows"][perm], q=args["q"][perm], att_in=att[perm])
+        c3, w3 = run(shuffled, 2)
+        np.testing.assert_array_equal(w3, w[perm])
+        np.testing.assert_array_equal(c3, ctx[perm])
+    finally:
+        attnkit.set_num_threads(before)
     (ctx_ref, w_ref), _ = run_both(args, dtype)
     assert_close(w, w_ref, dtype, f"weights isa={isa}")
     assert_close(ctx, ctx_ref, dtype, f"context isa={isa}")

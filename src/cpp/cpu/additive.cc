@@ -4,13 +4,14 @@
 // [B, T, A] view of [B, A, T] storage that AttDot caches: tiles of rows x frames, no lane sums).
 // Per task (a slice of rows of one utterance):
 //   1. location features f[row][c][t] for the valid frames (conv with 2 frame vectors x 5
-//      channels of accumulators, so each load of the padded weights feeds 5 FMAs), copied
-//      instead for a row whose att_in equals an earlier row's (a search's siblings);
+//      channels of accumulators, so each load of the padded weights feeds 5 FMAs), once per
+//      group of rows with the same att_in (a search's siblings);
 //   2. energies block by block of 12 frames, the rows of the slice inner, so each block of the
 //      utterance's projection P (12 frames x A, copied once into an L1-resident, zero-padded
-//      buffer) serves the whole beam: the pre-activations X = P + q + bias + f proj^T come out of
-//      a register-tiled product (6 frames x 2 vectors of A) and go through the tanh and the
-//      gvec dot product without leaving the registers;
+//      buffer) serves the whole beam: the pre-activations X = P + f proj^T + q + bias come out
+//      of a register-tiled product (6 frames x 2 vectors of A) and go through the tanh and the
+//      gvec dot product without leaving the registers (for a group of siblings, P + f proj^T
+//      goes once through an L1 buffer and each row adds its query);
 //   3. masked softmax with the scaling, and the context of up to 5 rows at once, so each
 //      vector of the values feeds 5 rows.
 // With fewer slices than threads (one hypothesis), steps 1-2 run per range of frames on every
@@ -76,6 +77,7 @@ struct AdditiveKernel {
   std::vector<T> gvec_pad, bias_pad;
   T gvec_sum = 0;
   int64_t A_pad, F, T_pad;
+  bool siblings = false;  // two rows of one utterance with the same att_in (a search's siblings)
   std::atomic<bool> out_of_memory{false};
   std::vector<int64_t> order;  // row indices grouped by utterance
   // A task: the rows order[i0..i1) (one utterance's) and the frames [t0, t1) of their energies.
@@ -163,48 +165,109 @@ struct AdditiveKernel {
     return -1;
   }
 
+  // The tile of frames k0 .. k0 + 6 x the 2 vectors of A at a, in registers (acc[k][v]): P +
+  // qb + f proj^T with qb given, else P + f proj^T (Pblk: the block's rows of P; fk0: the row's
+  // location features from frame t0 + k0).
+  void project_tile(const T* Pblk, int k0, int64_t a, const T* fk0, const T* qb,
+                    V (&acc)[kTileFrames][kAVecs]) const {
+    if (qb) {
+      const V q0 = load(qb + a), q1 = load(qb + a + W);
+      for (int k = 0; k < kTileFrames; ++k) {
+        acc[k][0] = load(Pblk + (k0 + k) * A_pad + a) + q0;
+        acc[k][1] = load(Pblk + (k0 + k) * A_pad + a + W) + q1;
+      }
+    } else {
+      for (int k = 0; k < kTileFrames; ++k) {
+        acc[k][0] = load(Pblk + (k0 + k) * A_pad + a);
+        acc[k][1] = load(Pblk + (k0 + k) * A_pad + a + W);
+      }
+    }
+    const T* pc = proj_t.data() + a;
+    for (int64_t c = 0; c < p.C; ++c, pc += A_pad) {
+      const V p0 = load(pc), p1 = load(pc + W);
+      const T* fc = fk0 + c * T_pad;
+      for (int k = 0; k < kTileFrames; ++k) {
+        const V fk = splat<T>(fc[k]);
+        acc[k][0] += fk * p0;
+        acc[k][1] += fk * p1;
+      }
+    }
+  }
+
+  // s[k] += the tile's g / (2^y + 1) summed over its 2 vectors of A at a, y[v * 6 + k] the
+  // pre-activations of frame k (query included): the 12 vectors through the tanh at once.
+  void add_sigmoids(const V* y, int64_t a, V* s) const {
+    V gv[kAVecs * kTileFrames], qv[kAVecs * kTileFrames];
+    for (int v = 0; v < kAVecs; ++v)
+      for (int k = 0; k < kTileFrames; ++k) gv[v * kTileFrames + k] = load(gvec_pad.data() + a + v * W);
+    weighted_sigmoids<T, kAVecs * kTileFrames>(y, gv, qv);
+    for (int k = 0; k < kTileFrames; ++k) {
+      V sum = qv[k];
+      for (int v = 1; v < kAVecs; ++v) sum += qv[v * kTileFrames + k];
+      s[k] += sum;
+    }
+  }
+
   // e[t0 + k] for k < nf (the frames of one block), row n: gvec . tanh(X[k]) with
-  // y = 2 log2(e) X[k], X[k] = P[k] + q[n] + bias + sum_c f[c][t0 + k] proj[:, c], from Pblk (the block's rows of P)
-  // and qb = q[n] + bias, both zero-padded to A_pad. Register tiles of 6 frames x 2 vectors of A:
-  // the tile's pre-activations go through the tanh straight from the registers. Frames past nf are
-  // computed on zero rows and dropped.
-  void energies(const T* Pblk, const T* qb, int64_t t0, int nf, const T* f, T* e) const {
-    const T* g = gvec_pad.data();
+  // y = 2 log2(e) X[k], X[k] = P[k] + q[n] + bias + sum_c f[c][t0 + k] proj[:, c], from Pblk (the
+  // block's rows of P) and qb = q[n] + bias, both zero-padded to A_pad. Register tiles of 6 frames
+  // x 2 vectors of A: the tile's pre-activations go through the tanh straight from the registers.
+  // Frames past nf are computed on zero rows and dropped. QLast: the sum taken as
+  // (P + f proj^T) + qb, as energies_shared takes it for siblings; else qb goes in with P, which
+  // is 5% faster (12 loads fold into the adds: AttLoc N = 10, T = 200, 1 thread 421 vs 444 us).
+  template <bool QLast>
+  __attribute__((noinline)) void energies(const T* Pblk, const T* qb, int64_t t0, int nf, const T* f, T* e) const {
     for (int k0 = 0; k0 < nf; k0 += kTileFrames) {
       V s[kTileFrames] = {};
       const T* fk0 = f + t0 + k0;  // f is padded: a whole tile of frames readable past nf
       for (int64_t a = 0; a < A_pad; a += kAVecs * W) {
         V acc[kTileFrames][kAVecs];
-        const V q0 = load(qb + a), q1 = load(qb + a + W);
-        for (int k = 0; k < kTileFrames; ++k) {
-          acc[k][0] = load(Pblk + (k0 + k) * A_pad + a) + q0;
-          acc[k][1] = load(Pblk + (k0 + k) * A_pad + a + W) + q1;
-        }
-        const T* pc = proj_t.data() + a;
-        for (int64_t c = 0; c < p.C; ++c, pc += A_pad) {
-          const V p0 = load(pc), p1 = load(pc + W);
-          const T* fc = fk0 + c * T_pad;
+        project_tile(Pblk, k0, a, fk0, QLast ? nullptr : qb, acc);
+        V y[kAVecs * kTileFrames];
+        if (QLast) {
+          const V q0 = load(qb + a), q1 = load(qb + a + W);
           for (int k = 0; k < kTileFrames; ++k) {
-            const V fk = splat<T>(fc[k]);
-            acc[k][0] += fk * p0;
-            acc[k][1] += fk * p1;
+            y[k] = acc[k][0] + q0;
+            y[kTileFrames + k] = acc[k][1] + q1;
+          }
+        } else {
+          for (int k = 0; k < kTileFrames; ++k) {
+            y[k] = acc[k][0];
+            y[kTileFrames + k] = acc[k][1];
           }
         }
-        // The tile's 12 vectors through the tanh at once, vector v * kTileFrames + k = acc[k][v].
-        V y[kAVecs * kTileFrames], gv[kAVecs * kTileFrames], qv[kAVecs * kTileFrames];
-        for (int v = 0; v < kAVecs; ++v)
-          for (int k = 0; k < kTileFrames; ++k) {
-            y[v * kTileFrames + k] = acc[k][v];
-            gv[v * kTileFrames + k] = load(g + a + v * W);
-          }
-        weighted_sigmoids<T, kAVecs * kTileFrames>(y, gv, qv);
-        for (int k = 0; k < kTileFrames; ++k) {
-          V sum = qv[k];
-          for (int v = 1; v < kAVecs; ++v) sum += qv[v * kTileFrames + k];
-          s[k] += sum;
-        }
+        add_sigmoids(y, a, s);
       }
       for (int k = 0; k < kTileFrames && k0 + k < nf; ++k) e[t0 + k0 + k] = gvec_sum - T(2) * hsum<T>(s[k]);
+    }
+  }
+
+  // energies<true>() for g rows that share their location features f (a search's siblings), row
+  // r's query qbs[r] and energies es[r]: each tile's Y = P + f proj^T goes once to ybuf (6 x
+  // A_pad, L1), then every row's tanh pass reads it and adds its query. The projection, ~13 us of
+  // a recipe-sized row's ~40 (1 thread), runs once per group.
+  __attribute__((noinline)) void energies_shared(const T* Pblk, const T* const* qbs, int g, int64_t t0, int nf,
+                                                 const T* f, T* const* es, T* ybuf) const {
+    for (int k0 = 0; k0 < nf; k0 += kTileFrames) {
+      const T* fk0 = f + t0 + k0;
+      for (int64_t a = 0; a < A_pad; a += kAVecs * W) {
+        V acc[kTileFrames][kAVecs];
+        project_tile(Pblk, k0, a, fk0, nullptr, acc);
+        for (int k = 0; k < kTileFrames; ++k)
+          for (int v = 0; v < kAVecs; ++v) store(ybuf + k * A_pad + a + v * W, acc[k][v]);
+      }
+      for (int r = 0; r < g; ++r) {
+        V s[kTileFrames] = {};
+        for (int64_t a = 0; a < A_pad; a += kAVecs * W) {
+          V y[kAVecs * kTileFrames];
+          for (int v = 0; v < kAVecs; ++v) {
+            const V qv = load(qbs[r] + a + v * W);
+            for (int k = 0; k < kTileFrames; ++k) y[v * kTileFrames + k] = load(ybuf + k * A_pad + a + v * W) + qv;
+          }
+          add_sigmoids(y, a, s);
+        }
+        for (int k = 0; k < kTileFrames && k0 + k < nf; ++k) es[r][t0 + k0 + k] = gvec_sum - T(2) * hsum<T>(s[k]);
+      }
     }
   }
 
@@ -388,7 +451,7 @@ struct AdditiveKernel {
   }
 
   // Energies of the task's rows over its frames, row order[i] into e + (i - task.i0) * T_pad.
-  void scores(const Task& task, T* f, T* pad, T* Pblk, T* qb, T* e) const {
+  void scores(const Task& task, T* f, T* pad, T* Pblk, T* qb, T* ybuf, T* e) const {
     const auto [i0, i1, t_begin, t_end] = task;
     const int64_t b = p.rows[order[i0]];
     if (!gvec && p.P_frames_inner) {
@@ -402,18 +465,22 @@ struct AdditiveKernel {
           energies_dot(b, q + order[i] * p.A, t0, int(std::min<int64_t>(W, t_end - t0)), e + (i - i0) * T_pad);
       return;
     }
-    if (p.C > 0)
-      for (int64_t i = i0; i < i1; ++i) {
-        // A beam search hands every child its parent's weights, so siblings share att_in: a row
-        // whose att_in equals (bit for bit) an earlier row's of the slice copies its location
-        // features, the same numbers, instead of running the conv again.
-        T* fi = f + (i - i0) * p.C * T_pad;
-        const int64_t twin = same_att_in_before(i0, i);
-        if (twin >= 0)
-          std::copy(f + (twin - i0) * p.C * T_pad, f + (twin - i0 + 1) * p.C * T_pad, fi);
-        else
-          location_features(order[i], t_begin, t_end, fi, pad);
-      }
+    // A beam search hands every child its parent's weights, so siblings share att_in: a row whose
+    // att_in equals (bit for bit) an earlier row's of the slice copies its location features, the
+    // same numbers. When the call has siblings (run() sets `siblings`), they also form a group
+    // whose projection runs once (energies_shared), and every row of the call takes its sums in
+    // the group's order, so a row's numbers do not depend on how the rows fall into slices (the
+    // thread count). leader[i - i0]: the first row of i's group in the slice.
+    int64_t leader[kMaxRowsPerTask];
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t twin = p.C > 0 ? same_att_in_before(i0, i) : -1;
+      leader[i - i0] = twin >= 0 ? twin : i;
+      T* fi = f + (i - i0) * p.C * T_pad;
+      if (twin >= 0)
+        std::copy(f + (twin - i0) * p.C * T_pad, f + (twin - i0 + 1) * p.C * T_pad, fi);
+      else if (p.C > 0)
+        location_features(order[i], t_begin, t_end, fi, pad);
+    }
     for (int64_t i = i0; i < i1; ++i) {
       const T* qn = q + order[i] * p.A;
       T* qbi = qb + (i - i0) * A_pad;
@@ -422,8 +489,28 @@ struct AdditiveKernel {
     for (int64_t t0 = t_begin; t0 < t_end; t0 += kFrameBlock) {
       const int nf = int(std::min(kFrameBlock, t_end - t0));
       copy_block(b, t0, nf, Pblk);
-      for (int64_t i = i0; i < i1; ++i)
-        energies(Pblk, qb + (i - i0) * A_pad, t0, nf, f + (i - i0) * p.C * T_pad, e + (i - i0) * T_pad);
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* fi = f + (i - i0) * p.C * T_pad;
+        const T* qbi = qb + (i - i0) * A_pad;
+        T* ei = e + (i - i0) * T_pad;
+        if (!siblings) {
+          energies<false>(Pblk, qbi, t0, nf, fi, ei);
+          continue;
+        }
+        if (leader[i - i0] != i) continue;
+        const T* qbs[kMaxRowsPerTask];
+        T* es[kMaxRowsPerTask];
+        int g = 0;
+        for (int64_t j = i; j < i1; ++j)
+          if (leader[j - i0] == i) {
+            qbs[g] = qb + (j - i0) * A_pad;
+            es[g++] = e + (j - i0) * T_pad;
+          }
+        if (g == 1)
+          energies<true>(Pblk, qbi, t0, nf, fi, ei);
+        else
+          energies_shared(Pblk, qbs, g, t0, nf, fi, es, ybuf);
+      }
     }
   }
 
@@ -437,6 +524,10 @@ struct AdditiveKernel {
       std::vector<int64_t> fill(start.begin(), start.end() - 1);
       for (int64_t n = 0; n < p.N; ++n) order[fill[p.rows[n]]++] = n;
     }
+    // Siblings anywhere in the call, whichever slices they fall into (scores()).
+    for (int64_t b = 0; p.C > 0 && b < p.B && !siblings; ++b)
+      for (int64_t i = start[b] + 1; i < start[b + 1] && !siblings; ++i)
+        siblings = same_att_in_before(start[b], i) >= 0;
     // Slices of at most kMaxRowsPerTask rows, evened out so that one utterance's beam splits
     // into equal parts across the threads (10 rows on 2 threads: 5 + 5, not 4 + 4 + 2).
     const int64_t threads = num_threads();
@@ -458,9 +549,11 @@ struct AdditiveKernel {
     const std::size_t off_e = lay.add<T>(kMaxRowsPerTask * T_pad);
     const std::size_t off_pblk = lay.add<T>(kFrameBlock * A_pad);
     const std::size_t off_qb = lay.add<T>(kMaxRowsPerTask * A_pad);
+    const std::size_t off_ybuf = lay.add<T>(kTileFrames * A_pad);
     const std::size_t bytes = lay.bytes();
     auto task_scores = [&](const Task& task, void* base, T* e) {
-      scores(task, at<T>(base, off_f), at<T>(base, off_pad), at<T>(base, off_pblk), at<T>(base, off_qb), e);
+      scores(task, at<T>(base, off_f), at<T>(base, off_pad), at<T>(base, off_pblk), at<T>(base, off_qb),
+             at<T>(base, off_ybuf), e);
     };
 
     // Fewer slices than threads (one row, or a few rows of few utterances): the frames are cut
