@@ -136,8 +136,8 @@ class AttMultiHeadDot(MultiHead):
 
     Parameters per head h: ``mlp_q.h.weight [A_k, Dz]``, ``mlp_q.h.bias [A_k]``,
     ``mlp_k.h.weight [A_k, E]``, ``mlp_v.h.weight [A_v, E]``; shared ``mlp_o.weight [E, H*A_v]``.
-    The state is ignored; the new state is the weights ``[N, H, T]``. Runs on attnkit's C++
-    scaled-dot-product kernel, all heads in one call.
+    The state is ignored; the new state is the weights ``[N, H, T]``. Runs on the step kernel's
+    dot-product energies, one call per head, over keys cached frames-inner.
     """
 
     espnet_name = "AttMultiHeadDot"
