@@ -102,6 +102,11 @@ def test_frames_inner_keys_only_for_dot_energies(rng):
     args["P"] = keys_layout(args["P"], "frames")
     with pytest.raises(ValueError, match="P must be C-contiguous"):
         _core.additive_step(**args, out_context=np.empty((3, 7), np.float32), out_weights=np.empty((3, 9), np.float32))
+    # Frames-inner keys whose utterances overlap (a broadcast) are refused, not read twice.
+    dot = case(rng, np.float32, 2, 9, 6, 7, 3, 0, 0, 0, [9, 4], False, dot=True)
+    dot["P"] = np.broadcast_to(keys_layout(dot["P"][:1], "frames"), (2, 9, 6))
+    with pytest.raises(ValueError, match="P must be aligned, with utterances that do not overlap"):
+        _core.additive_step(**dot, out_context=np.empty((3, 7), np.float32), out_weights=np.empty((3, 9), np.float32))
 
 
 
