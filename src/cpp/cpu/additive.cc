@@ -77,7 +77,10 @@ struct AdditiveKernel {
   std::vector<T> gvec_pad, bias_pad;
   T gvec_sum = 0;
   int64_t A_pad, F, T_pad;
-  bool siblings = false;  // two rows of one utterance with the same att_in (a search's siblings)
+  // Per position i of `order`: the first position of its utterance whose row has the same att_in
+  // (i itself if none); siblings: some row has an earlier twin (a search's siblings).
+  std::vector<int64_t> first_alike;
+  bool siblings = false;
   std::atomic<bool> out_of_memory{false};
   std::vector<int64_t> order;  // row indices grouped by utterance
   // A task: the rows order[i0..i1) (one utterance's) and the frames [t0, t1) of their energies.
@@ -470,14 +473,15 @@ struct AdditiveKernel {
     // same numbers. When the call has siblings (run() sets `siblings`), they also form a group
     // whose projection runs once (energies_shared), and every row of the call takes its sums in
     // the group's order, so a row's numbers do not depend on how the rows fall into slices (the
-    // thread count). leader[i - i0]: the first row of i's group in the slice.
+    // thread count). leader[i - i0]: the first position of i's group in the slice.
     int64_t leader[kMaxRowsPerTask];
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t twin = p.C > 0 ? same_att_in_before(i0, i) : -1;
-      leader[i - i0] = twin >= 0 ? twin : i;
+      int64_t j = i0;
+      while (first_alike[j] != first_alike[i]) ++j;
+      leader[i - i0] = j;
       T* fi = f + (i - i0) * p.C * T_pad;
-      if (twin >= 0)
-        std::copy(f + (twin - i0) * p.C * T_pad, f + (twin - i0 + 1) * p.C * T_pad, fi);
+      if (j < i)
+        std::copy(f + (j - i0) * p.C * T_pad, f + (j - i0 + 1) * p.C * T_pad, fi);
       else if (p.C > 0)
         location_features(order[i], t_begin, t_end, fi, pad);
     }
@@ -525,9 +529,13 @@ struct AdditiveKernel {
       for (int64_t n = 0; n < p.N; ++n) order[fill[p.rows[n]]++] = n;
     }
     // Siblings anywhere in the call, whichever slices they fall into (scores()).
-    for (int64_t b = 0; p.C > 0 && b < p.B && !siblings; ++b)
-      for (int64_t i = start[b] + 1; i < start[b + 1] && !siblings; ++i)
-        siblings = same_att_in_before(start[b], i) >= 0;
+    first_alike.resize(p.N);
+    for (int64_t b = 0; b < p.B; ++b)
+      for (int64_t i = start[b]; i < start[b + 1]; ++i) {
+        const int64_t j = p.C > 0 ? same_att_in_before(start[b], i) : -1;
+        first_alike[i] = j >= 0 ? j : i;
+        siblings = siblings || j >= 0;
+      }
     // Slices of at most kMaxRowsPerTask rows, evened out so that one utterance's beam splits
     // into equal parts across the threads (10 rows on 2 threads: 5 + 5, not 4 + 4 + 2).
     const int64_t threads = num_threads();
