@@ -94,11 +94,13 @@ def test_bench_compare_refuses_a_file_that_is_not_a_run(tmp_path, capsys):
 
 
 def test_bench_rejects_bad_options(capsys):
-    for argv in (["bench", "--threads", "0"], ["bench", "--backends", "nope"], ["bench", "--dtype", "float16"]):
+    for argv in (["bench", "--threads", "0"], ["bench", "--backends", "nope"], ["bench", "--dtype", "float16"],
+                 ["bench", "--rounds", "0"], ["bench", "--rounds", "two"]):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2
-    assert "must be among" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "must be among" in err and "--rounds: must be >= 1, got '0'" in err and "must be an integer, got 'two'" in err
 
 
 def test_bench_counts_useful_flops():
