@@ -4,6 +4,7 @@ NumPy, and PyTorch eager ops written as ESPnet's ``forward()`` writes them.
 The NumPy and PyTorch peers hold what ESPnet's batch beam search holds: the encoder and its
 projections repeated per hypothesis row (``enc[rows]``), projected once per utterance, outside
 the timing. attnkit keeps one copy per utterance (``prepare``) and indexes it with ``rows``.
+Every backend steps from the case's previous weights ``a_prev``, different for every row.
 Used by `attnkit bench --ops espnet-step` and `benchmarks/bench_espnet_step.py`.
 """
 from __future__ import annotations
