@@ -5,16 +5,12 @@ NumPy arrays in, NumPy arrays out; C++ SIMD kernels (AVX-512, AVX2, portable) ch
 ESPnet-compatible wrappers); ``attnkit.asr`` (imported on demand) runs whole ESPnet RNN
 recognisers: encoders, decoder, searches, model files and ``Recognizer``.
 """
-from attnkit._core import UnsupportedError
+from attnkit._core import CudaError, UnsupportedError
 from attnkit.dot_product import scaled_dot_product_attention
 from attnkit.multi_head import multi_head_attention
 from attnkit import espnet
 from attnkit.plot import plot_attention
 from attnkit.runtime import _version, get_cpu_isa, get_num_threads, set_cpu_isa, set_num_threads, show_config
-
-
-class CudaError(RuntimeError):
-    """A CUDA call failed (raised by the CUDA backend)."""
 
 
 __version__ = _version()

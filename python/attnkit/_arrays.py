@@ -52,8 +52,8 @@ def host_float_array(op: str, name: str, x, ndims: tuple[int, ...]) -> np.ndarra
     if not isinstance(x, np.ndarray):
         if is_device_array(x):
             raise UnsupportedError(
-                f"{op}: {name} is a GPU array, but GPU arrays need attnkit's CUDA backend, which this "
-                f"release does not have yet; got {describe(x)}"
+                f"{op}: {name} is a GPU array, but {op} runs on the CPU only in this release (of the ops, "
+                f"only scaled_dot_product_attention has a CUDA kernel yet); got {describe(x)}"
             )
         raise TypeError(f"{op}: {name} must be a numpy.ndarray of float32 or float64, got {describe(x)}")
     if x.dtype not in _FLOATS:

@@ -16,5 +16,9 @@ struct TypeError : std::invalid_argument {
 struct UnsupportedError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
+// A CUDA runtime call or kernel launch failed (attnkit.CudaError, a RuntimeError).
+struct CudaError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
 
 }  // namespace attnkit

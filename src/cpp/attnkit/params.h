@@ -6,9 +6,18 @@
 
 namespace attnkit {
 
-enum class DType : int { f32 = 0, f64 = 1 };
+// f16 and bf16 exist on the GPU only (float32 softmax and accumulation); the CPU kernels take
+// f32 and f64.
+enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
 
-inline const char* dtype_name(DType t) { return t == DType::f32 ? "float32" : "float64"; }
+inline const char* dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "float32";
+    case DType::f64: return "float64";
+    case DType::f16: return "float16";
+    default: return "bfloat16";
+  }
+}
 
 enum class MaskKind : int { none = 0, keep_bool = 1, additive = 2 };
 

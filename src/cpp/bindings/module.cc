@@ -6,6 +6,7 @@ NB_MODULE(_core, m) {
   register_errors(m);
   register_runtime(m);
   register_dot_product(m);
+  register_dot_product_cuda(m);
   register_additive(m);
   register_linear(m);
   register_lstm(m);

@@ -5,6 +5,7 @@ namespace attnkit::bindings {
 void register_errors(nanobind::module_& m);
 void register_runtime(nanobind::module_& m);
 void register_dot_product(nanobind::module_& m);
+void register_dot_product_cuda(nanobind::module_& m);
 void register_additive(nanobind::module_& m);
 void register_linear(nanobind::module_& m);
 void register_lstm(nanobind::module_& m);

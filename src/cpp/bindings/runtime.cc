@@ -17,6 +17,7 @@ namespace attnkit::bindings {
 
 void register_errors(nb::module_& m) {
   static nb::exception<UnsupportedError> unsupported(m, "UnsupportedError", PyExc_NotImplementedError);
+  static nb::exception<CudaError> cuda_error(m, "CudaError", PyExc_RuntimeError);
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
       std::rethrow_exception(p);

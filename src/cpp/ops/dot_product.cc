@@ -20,6 +20,8 @@ constexpr const char* kOp = "scaled_dot_product_attention";
 }  // namespace
 
 void scaled_dot_product_attention_cpu(const SdpaParams& p) {
+  if (p.dtype != DType::f32 && p.dtype != DType::f64)
+    throw TypeError(std::string(kOp) + ": the CPU kernels take float32 or float64, got " + dtype_name(p.dtype));
   if (p.B < 1 || p.H < 1 || p.Tq < 1 || p.Tk < 1 || p.D < 1 || p.Dv < 1)
     fail("every axis must be non-empty, got B=" + std::to_string(p.B) + " H=" + std::to_string(p.H) +
          " Tq=" + std::to_string(p.Tq) + " Tk=" + std::to_string(p.Tk) + " D=" + std::to_string(p.D) +
