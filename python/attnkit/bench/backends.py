@@ -26,6 +26,7 @@ class Backend:
     name = "?"
     device = "cpu"
     ops: tuple[str, ...] = ("sdpa", "mha", "espnet-step")
+    dtypes: tuple[str, ...] = ("float32", "float64")
 
     def available(self) -> tuple[bool, str]:
         """(usable in this process, note saying why not / what it is)."""
@@ -33,6 +34,8 @@ class Backend:
 
     def supports(self, case: Workload) -> str | None:
         """None if the case can run here, else the reason it is skipped."""
+        if case.dtype not in self.dtypes:
+            return f"{self.name} does not run {case.dtype}"
         if case.op in self.ops:
             return None
         if case.op == "decode":
@@ -49,6 +52,9 @@ class Backend:
 
     def sync(self) -> None:
         """Waits for queued work (device backends)."""
+
+    # Device backends: runs a sample's calls and returns their time in seconds from device events.
+    timed: Callable[[list], float] | None = None
 
     def set_threads(self, n: int) -> None:
         """Sets this backend's own thread pool, beyond attnkit's and NumPy's BLAS."""
@@ -109,24 +115,25 @@ class AttnkitCPU(Backend):
 # ---- NumPy --------------------------------------------------------------------------------------
 
 
-def numpy_sdpa(q, k, v, key_lengths=None, causal=False, scale=None):
-    """The textbook computation: S = scale q k^T, masked with -inf, softmax over keys, S v.
-    (A query with no visible key would give NaN; the benchmark cases have none.)"""
+def numpy_sdpa(q, k, v, key_lengths=None, causal=False, scale=None, xp=np):
+    """The textbook computation: S = scale q k^T, masked with -inf, softmax over keys, S v, in
+    NumPy (or CuPy: xp=cupy). (A query with no visible key would give NaN; the benchmark cases
+    have none.)"""
     Tq, Tk = q.shape[-2], k.shape[-2]
-    s = np.matmul(q, np.swapaxes(k, -1, -2))
+    s = xp.matmul(q, xp.swapaxes(k, -1, -2))
     s *= (1.0 / math.sqrt(q.shape[-1])) if scale is None else scale
     keep = None
     if key_lengths is not None:
-        keep = np.arange(Tk) < np.asarray(key_lengths)[:, None, None, None]  # [B, 1, 1, Tk]
+        keep = xp.arange(Tk) < xp.asarray(key_lengths)[:, None, None, None]  # [B, 1, 1, Tk]
     if causal:
-        c = np.arange(Tk)[None, :] <= np.arange(Tq)[:, None] + (Tk - Tq)  # [Tq, Tk]
+        c = xp.arange(Tk)[None, :] <= xp.arange(Tq)[:, None] + (Tk - Tq)  # [Tq, Tk]
         keep = c if keep is None else keep & c
     if keep is not None:
-        s = np.where(keep, s, -np.inf).astype(s.dtype, copy=False)
+        s = xp.where(keep, s, -xp.inf).astype(s.dtype, copy=False)
     s -= s.max(axis=-1, keepdims=True)
-    np.exp(s, out=s)
+    xp.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
-    return np.matmul(s, v)
+    return xp.matmul(s, v)
 
 
 def numpy_mha(query, key, value, params, num_heads, key_lengths=None, causal=False):
@@ -181,8 +188,6 @@ class TorchCPU(Backend):
         return True, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
 
     def supports(self, case):
-        if case.dtype not in ("float32", "float64"):
-            return f"dtype {case.dtype} not benchmarked"
         if case.op == "mha" and case.causal:
             return "causal multi-head attention is not benchmarked"
         return super().supports(case)
@@ -314,39 +319,139 @@ class OnnxRuntimeCPU(Backend):
         return calls
 
 
-# ---- CUDA (extension point) ---------------------------------------------------------------------
+# ---- CUDA ----------------------------------------------------------------------------------------
 
 
 class CudaBackend(Backend):
-    """Base of the GPU backends. Skipped with a note when attnkit sees no CUDA device. A concrete
-    backend converts the copies to device arrays in `prepare`, launches on the current stream,
-    and synchronises in `sync` (the timer calls it once per sample, after `inner` launches)."""
+    """Base of the GPU backends: skipped with a note when attnkit sees no CUDA device or the
+    backend's package is missing. Inputs are copied to the device in `prepare` (key lengths too,
+    so no call uploads anything), calls launch on the current stream, and a sample is timed with
+    CUDA events around its calls (`timed`)."""
 
     device = "cuda"
-    ops = ("sdpa", "mha")
-    requires: str | None = None  # Python package needed besides a device
+    ops = ("sdpa",)
+    dtypes = ("float32", "float16")
+    requires = "cupy"  # the device arrays and events; torch-cuda needs torch instead
 
     def available(self):
         cfg = attnkit.show_config()
         if not cfg["cuda_devices"]:
             return False, f"no CUDA device ({cfg['cuda_note'] or 'none found'})"
-        if self.requires and importlib.util.find_spec(self.requires) is None:
+        if importlib.util.find_spec(self.requires) is None:
             return False, f"{self.requires} not installed"
-        return False, "not implemented yet (issue 7: GPU timing with CUDA events)"
+        return True, self.describe()
+
+    def describe(self) -> str:
+        import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        return f"CuPy {cupy.__version__}, {props['name'].decode()}"
+
+    def sync(self):
+        import cupy
+
+        cupy.cuda.get_current_stream().synchronize()
+
+    def timed(self, batch):
+        import cupy
+
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        for f in batch:
+            f()
+        end.record()
+        end.synchronize()
+        return cupy.cuda.get_elapsed_time(start, end) * 1e-3
+
+    @staticmethod
+    def device_copies(case, copies):
+        import cupy
+
+        return [{"q": cupy.asarray(c["q"]), "k": cupy.asarray(c["k"]), "v": cupy.asarray(c["v"]),
+                 "key_lengths": None if c["key_lengths"] is None else cupy.asarray(c["key_lengths"])}
+                for c in copies]
 
 
 class AttnkitCUDA(CudaBackend):
+    """attnkit.scaled_dot_product_attention on CuPy arrays."""
+
     name = "attnkit-cuda"
+
+    def prepare(self, case, copies, params):
+        return [lambda c=c: attnkit.scaled_dot_product_attention(c["q"], c["k"], c["v"], key_lengths=c["key_lengths"],
+                                                                 causal=case.causal)
+                for c in self.device_copies(case, copies)]
 
 
 class CupyCUDA(CudaBackend):
+    """The naive computation in CuPy: scores materialised, softmax, product with V."""
+
     name = "cupy"
-    requires = "cupy"
+
+    def supports(self, case):
+        if case.scores_bytes() > 4 * NUMPY_SCORES_LIMIT:
+            return f"would materialise {case.scores_bytes() / 2**30:.1f} GiB of scores"
+        return super().supports(case)
+
+    def prepare(self, case, copies, params):
+        import cupy
+
+        def run(c):
+            return numpy_sdpa(c["q"], c["k"], c["v"], c["key_lengths"], case.causal, xp=cupy)
+
+        return [lambda c=c: run(c) for c in self.device_copies(case, copies)]
 
 
 class TorchCUDA(CudaBackend):
+    """torch.nn.functional.scaled_dot_product_attention on CUDA tensors (flash / cuDNN / memory-
+    efficient kernels, PyTorch's choice), masks built once per copy as for the CPU backend."""
+
     name = "torch-cuda"
     requires = "torch"
+
+    def available(self):
+        ok, note = super().available()
+        if not ok:
+            return ok, note
+        import torch
+
+        if not torch.cuda.is_available():
+            return False, f"torch {torch.__version__} sees no CUDA device"
+        return True, f"torch {torch.__version__}, {torch.cuda.get_device_name()}"
+
+    def active(self):
+        import torch
+
+        return torch.inference_mode()
+
+    def sync(self):
+        import torch
+
+        torch.cuda.synchronize()
+
+    def timed(self, batch):
+        import torch
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for f in batch:
+            f()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e-3
+
+    def prepare(self, case, copies, params):
+        import torch
+
+        F = torch.nn.functional
+        out = []
+        for c in copies:
+            q, k, v = (torch.from_numpy(c[x]).cuda() for x in ("q", "k", "v"))
+            mask, is_causal = TorchCPU._sdpa_mask(torch, case, c["key_lengths"])
+            mask = None if mask is None else mask.cuda()
+            out.append(lambda q=q, k=k, v=v, m=mask, ic=is_causal:
+                       F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=ic))
+        return out
 
 
 CPU_BACKENDS = ("attnkit", "numpy", "torch", "onnxruntime")

@@ -13,7 +13,7 @@ from attnkit.bench.cases import OPS, full_cases, quick_cases
 from attnkit.bench.report import compare, load
 from attnkit.bench.runner import run
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "float16")  # float16: the GPU backends only
 
 # (budget per case in seconds, warm-up seconds, peak repeats, rounds) for the full and the quick run
 FULL = (1.0, 0.1, 5, 3)
@@ -72,7 +72,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run attnkit once per CPU instruction set, e.g. avx2,portable, or 'all' "
                         "(default: the active one)")
     p.add_argument("--dtype", type=_list(str, DTYPES), default=["float32"], metavar="LIST",
-                   help="float32 and/or float64 (default: float32)")
+                   help="float32, float64, float16 (GPU backends only) (default: float32)")
     p.add_argument("--threads", type=_list(int), default=None, metavar="LIST",
                    help="thread counts, e.g. 1,2 (default: attnkit's current count); applied to attnkit, "
                         "NumPy's BLAS and torch")

@@ -119,6 +119,36 @@ def measure_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5, seed: 
             "gflops": 2.0 * n**3 / med / 1e9, "max_gflops": 2.0 * n**3 / min(times) / 1e9}
 
 
+def measure_gpu_peak(dtype: str = "float32", n: int = 8192, repeats: int = 5) -> dict:
+    """The current CUDA device's ceilings, timed with CUDA events (medians after a warm-up):
+    a cupy.matmul of two n x n matrices (GFLOP/s; tensor cores where CuPy uses them) and a
+    device-to-device copy of 1 GiB (GB/s, read plus write)."""
+    import cupy
+
+    a = cupy.random.standard_normal((n, n), dtype=cupy.float32).astype(dtype)
+    c = cupy.empty_like(a)
+    src = cupy.empty(2**28, cupy.float32)
+    dst = cupy.empty_like(src)
+
+    def median_s(run):
+        run()
+        times = []
+        for _ in range(max(1, repeats)):
+            start, end = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record()
+            run()
+            end.record()
+            end.synchronize()
+            times.append(cupy.cuda.get_elapsed_time(start, end) * 1e-3)
+        return float(np.median(times))
+
+    mm = median_s(lambda: cupy.matmul(a, a, out=c))
+    cp = median_s(lambda: dst.__setitem__(Ellipsis, src))
+    return {"dtype": dtype, "n": n, "repeats": repeats, "gflops": 2.0 * n**3 / mm / 1e9,
+            "copy_gbps": 2.0 * src.nbytes / cp / 1e9,
+            "device": cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)["name"].decode()}
+
+
 def busy_cpus(interval: float = 0.2) -> float | None:
     """CPUs kept busy by other processes: the non-idle share of all CPUs over `interval` seconds
     while this process sleeps, times the CPU count (from /proc/stat; None where unavailable).

@@ -47,6 +47,10 @@ def preamble(header: dict, peaks: list[dict]) -> list[str]:
         out.append(f"**Warning**: other processes kept {busy:.2f} of {header['cpu_count']} CPUs busy when the "
                    f"run started; multi-threaded figures are unreliable (rerun on an idle machine).")
     for p in peaks:
+        if p.get("type") == "gpu_peak":
+            out.append(f"GPU peak ({p['device']}, {p['dtype']}): {p['gflops'] / 1e3:.1f} TFLOP/s median over "
+                       f"{p['repeats']} cupy.matmul {p['n']}^3; device copy {p['copy_gbps']:.0f} GB/s")
+            continue
         out.append(f"Peak ({p['threads']} thread{'s' if p['threads'] != 1 else ''}, {p['dtype']}): "
                    f"{p['gflops']:.1f} GFLOP/s median over {p['repeats']} np.matmul {p['n']}^3")
     return out
@@ -148,7 +152,7 @@ def load(path: str) -> tuple[dict, list[dict], list[dict]]:
             kind = r.get("type")
             if kind == "header":
                 header = r
-            elif kind == "peak":
+            elif kind in ("peak", "gpu_peak"):
                 peaks.append(r)
             elif kind == "case":
                 cases.append(r)

@@ -151,13 +151,24 @@ def run(
     torch = sys.modules.get("torch")
     saved = (attnkit.get_num_threads(), torch.get_num_threads() if torch else None)
     t_start = time.perf_counter()
+    gpu_peak: dict[str, float] = {}
     try:
+        if any(b.device == "cuda" for b in usable):
+            for dt in dtypes:
+                prog.start(f"peak: cupy.matmul and a device copy, {dt}")
+                p = {"type": "gpu_peak", **machine.measure_gpu_peak(dt)}
+                gpu_peak[dt] = p["gflops"]
+                result.peaks.append(p)
+                writer.write(p)
         for t in threads:
             machine.set_all_threads(t, blas)
             for b in usable:
                 b.set_threads(t)
             peak = {}
             for dt in dtypes:
+                if dt == "float16":  # the CPU backends do not run float16 (NumPy has no float16 BLAS)
+                    peak[dt] = None
+                    continue
                 prog.start(f"peak: np.matmul {peak_size}^3 {dt}, {t} thread(s)")
                 p = machine.measure_peak(dt, peak_size, peak_repeats, seed)
                 p = {"type": "peak", "threads": t, **p}
@@ -170,7 +181,8 @@ def run(
                 inputs = functools.cache(lambda case=case: _make_inputs(case, rotate_mib, seed))
                 entries = []
                 for b in usable:
-                    rec = _record(b, case, t, peak[case.dtype], base, rounds)
+                    rec = _record(b, case, t, gpu_peak.get(case.dtype) if b.device == "cuda" else peak[case.dtype],
+                                  base, rounds)
                     reason = b.supports(case) or unavailable
                     if reason is not None:
                         rec.update(status="skipped", note=reason)
@@ -220,7 +232,7 @@ def _make_inputs(case: Workload, rotate_mib: float, seed: int) -> tuple[list[dic
     return copies, case.make_params(rng)
 
 
-def _record(b: Backend, case: Workload, threads: int, peak_gflops: float, base: str | None, rounds: int) -> dict:
+def _record(b: Backend, case: Workload, threads: int, peak_gflops: float | None, base: str | None, rounds: int) -> dict:
     """A case record with every field, the measured ones None (status "ok" until told otherwise)."""
     lengths = case.key_lengths()
     return {"type": "case", "op": case.op, "case": case.label, "name": case.name, "series": case.series,
@@ -260,7 +272,7 @@ def _measure_case(entries: list[tuple[Backend, dict]], case: Workload,
                     # spinning and go to sleep: on 2 cores a spinning neighbour cost the next
                     # backend up to 15%.
                     time.sleep(IDLE_GAP_S)
-                    tm = measure(calls[i], sync=b.sync, budget_s=budget_s / rounds,
+                    tm = measure(calls[i], sync=b.sync, timed=b.timed, budget_s=budget_s / rounds,
                                  max_samples=max(1, math.ceil(max_samples / rounds)), **timing)
             except KeyboardInterrupt:
                 raise

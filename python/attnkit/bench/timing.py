@@ -44,12 +44,15 @@ def measure(
     max_samples: int = 30,
     min_samples: int = 3,
     sync: Callable[[], None] = lambda: None,
+    timed: Callable[[Sequence[Callable[[], object]]], float] | None = None,
 ) -> Timing:
     """Times `calls` (cycled) and returns per-call statistics in microseconds.
 
     Stops after `max_samples`, or once `budget_s` is spent and `min_samples` are taken, or once
     3 x `budget_s` is spent with at least one sample (a single call longer than the budget).
-    `sync` runs after each sample (an asynchronous device backend waits for its work there)."""
+    `sync` runs after each sample (an asynchronous device backend waits for its work there).
+    `timed(batch)`, when given, runs a sample's calls and returns their time in seconds as the
+    device measured it (CUDA events); otherwise the host clock times the sample up to `sync`."""
     if not calls:
         raise ValueError("measure: calls must not be empty")
     clock = time.perf_counter
@@ -79,11 +82,15 @@ def measure(
     samples = []
     t_budget = clock()
     while True:
-        t0 = clock()
-        for f in batches[len(samples) % period]:
-            f()
-        sync()
-        samples.append((clock() - t0) / inner)
+        batch = batches[len(samples) % period]
+        if timed is not None:
+            samples.append(timed(batch) / inner)
+        else:
+            t0 = clock()
+            for f in batch:
+                f()
+            sync()
+            samples.append((clock() - t0) / inner)
         spent = clock() - t_budget
         if (len(samples) >= max_samples or (spent >= budget_s and len(samples) >= min_samples)
                 or spent >= 3 * budget_s):

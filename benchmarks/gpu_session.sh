@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Everything a session with a lent H100/H200 needs, in one device call (the device tool runs it
+# in the repository root; what lands in $OUT comes back):
+#   bash benchmarks/gpu_session.sh            # build, GPU tests, memcheck, GPU benchmark
+#   bash benchmarks/gpu_session.sh tests      # build and GPU tests only
+# The machine has nvcc, CMake, nanobind, scikit-build-core, CuPy, PyTorch and pytest, and no
+# network: attnkit is built from this checkout without build isolation, into /tmp/site.
+set -uo pipefail
+OUT=${OUT:-/tmp/attnkit-gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=16
+what=${1:-all}
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv; nvcc --version | tail -2
+  python3 -c "import cupy, torch; print('cupy', cupy.__version__, 'torch', torch.__version__)"; } 2>&1 | tee "$OUT/machine.txt"
+
+echo "== build"
+python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/site . > "$OUT/build.log" 2>&1 \
+  || { tail -40 "$OUT/build.log"; exit 1; }
+export PYTHONPATH=/tmp/site
+python3 -m attnkit info | tee -a "$OUT/machine.txt"
+
+echo "== GPU tests, then the CPU SDPA tests as a control"
+python3 -m pytest tests/test_cuda_sdpa.py tests/test_dot_product.py -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -25
+[ "$what" = tests ] && exit 0
+
+echo "== compute-sanitizer memcheck and racecheck on the GPU tests"
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/test_cuda_sdpa.py -q -x \
+    -p no:cacheprovider -k "not graph" > "$OUT/sanitizer-$tool.log" 2>&1
+  echo "$tool exit $?"; tail -3 "$OUT/sanitizer-$tool.log"
+done
+
+echo "== GPU benchmark"
+python3 -m attnkit bench --ops sdpa --backends attnkit-cuda,cupy,torch-cuda --dtype float32,float16 \
+  --baseline torch-cuda --no-progress --json "$OUT/gpu-sdpa.json" --markdown "$OUT/gpu-sdpa.md" > "$OUT/bench.log" 2>&1
+echo "bench exit $?"
+tail -45 "$OUT/gpu-sdpa.md" 2>/dev/null || tail -30 "$OUT/bench.log"
