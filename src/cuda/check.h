@@ -16,9 +16,9 @@ inline void check(cudaError_t err, const char* what) {
 
 class DeviceGuard {
  public:
-  explicit DeviceGuard(int device) : target_(device) {
-    check(cudaGetDevice(&previous_), "cudaGetDevice");
-    if (previous_ != target_) check(cudaSetDevice(target_), "cudaSetDevice");
+  DeviceGuard(int device, const char* op) : target_(device) {
+    check(cudaGetDevice(&previous_), (std::string(op) + ": cudaGetDevice").c_str());
+    if (previous_ != target_) check(cudaSetDevice(target_), (std::string(op) + ": cudaSetDevice").c_str());
   }
   DeviceGuard(const DeviceGuard&) = delete;
   DeviceGuard& operator=(const DeviceGuard&) = delete;

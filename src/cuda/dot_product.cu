@@ -281,7 +281,7 @@ void scaled_dot_product_attention(const SdpaParams& p, const Launch& at) {
     throw UnsupportedError(std::string(kOp) + ": on the GPU B * H must be below 2^31 and Tq at most " +
                            std::to_string(65535LL * kBlockRows) + ", got B * H=" + std::to_string(p.B * p.H) +
                            " and Tq=" + std::to_string(p.Tq));
-  DeviceGuard on(at.device);
+  DeviceGuard on(at.device, kOp);
   const auto stream = reinterpret_cast<cudaStream_t>(at.stream);
   switch (p.dtype) {
     case DType::f32: return launch<float>(p, stream);
