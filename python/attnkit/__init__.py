@@ -1,6 +1,8 @@
 """attnkit: fast, faithful attention kernels for speech recognition.
 
 NumPy arrays in, NumPy arrays out; C++ SIMD kernels (AVX-512, AVX2, portable) chosen at run time.
+``scaled_dot_product_attention`` also takes CuPy arrays and PyTorch CUDA tensors (a CUDA kernel,
+in builds made with nvcc) and returns arrays of the same library.
 ``attnkit.espnet`` holds ESPnet's RNN attention family (prepare once, step many; and
 ESPnet-compatible wrappers); ``attnkit.asr`` (imported on demand) runs whole ESPnet RNN
 recognisers: encoders, decoder, searches, model files and ``Recognizer``.
