@@ -223,7 +223,7 @@ class Case(Workload):
         sdpa: {"q", "k", "v", "key_lengths"}; mha: {"query", "key", "value", "key_lengths"}."""
         dt = np.dtype(self.dtype)
         # float16 (GPU runs) is drawn in float32 and rounded: NumPy draws float32 and float64 only
-        randn = lambda *s: rng.standard_normal(s, dtype=np.float64 if dt == np.float64 else np.float32).astype(dt)
+        randn = lambda *s: rng.standard_normal(s, dtype=np.float64 if dt == np.float64 else np.float32).astype(dt, copy=False)
         lens = self.key_lengths()
         if self.op == "sdpa":
             B, H = self.B, self.H
