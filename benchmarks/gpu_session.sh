@@ -21,13 +21,14 @@ export PYTHONPATH=/tmp/site
 python3 -m attnkit info | tee -a "$OUT/machine.txt"
 
 echo "== GPU tests, then the CPU SDPA tests as a control"
-python3 -m pytest tests/test_cuda_sdpa.py tests/test_dot_product.py -q -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -25
+python3 -m pytest tests/test_cuda_sdpa.py tests/test_cuda_espnet.py tests/test_dot_product.py -q -p no:cacheprovider \
+  2>&1 | tee "$OUT/tests.log" | tail -25
 [ "$what" = tests ] && exit 0
 
 echo "== compute-sanitizer memcheck and racecheck on the GPU tests"
 for tool in memcheck racecheck; do
-  compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/test_cuda_sdpa.py -q -x \
-    -p no:cacheprovider -k "not graph" > "$OUT/sanitizer-$tool.log" 2>&1
+  compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest tests/test_cuda_sdpa.py \
+    tests/test_cuda_espnet.py -q -x -p no:cacheprovider -k "not graph and not pytorch" > "$OUT/sanitizer-$tool.log" 2>&1
   echo "$tool exit $?"; tail -3 "$OUT/sanitizer-$tool.log"
 done
 
@@ -36,3 +37,8 @@ python3 -m attnkit bench --ops sdpa --backends attnkit-cuda,cupy,torch-cuda --dt
   --baseline torch-cuda --no-progress --json "$OUT/gpu-sdpa.json" --markdown "$OUT/gpu-sdpa.md" > "$OUT/bench.log" 2>&1
 echo "bench exit $?"
 tail -45 "$OUT/gpu-sdpa.md" 2>/dev/null || tail -30 "$OUT/bench.log"
+python3 -m attnkit bench --ops espnet-step --backends attnkit-cuda,torch-cuda --case AttLoc --case AttAdd \
+  --baseline torch-cuda --no-progress --json "$OUT/gpu-espnet-step.json" --markdown "$OUT/gpu-espnet-step.md" \
+  > "$OUT/bench-espnet.log" 2>&1
+echo "espnet bench exit $?"
+tail -20 "$OUT/gpu-espnet-step.md" 2>/dev/null || tail -30 "$OUT/bench-espnet.log"

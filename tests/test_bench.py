@@ -34,10 +34,11 @@ def read_lines(path):
 
 def test_espnet_step_cases_cover_class_rows_and_length():
     cases = espnet_step_cases()
-    assert len(cases) == 4 * 3 * 2
+    assert len(cases) == 4 * 3 * 2 + 1
     assert len({c.label for c in cases}) == len(cases)
     classes = ("AttLoc", "AttAdd", "AttDot", "AttMultiHeadLoc")
-    assert {(c.cls, c.N, c.T) for c in cases} == {(cls, n, t) for cls in classes for n in (1, 10, 40) for t in (200, 1000)}
+    issue3 = {(cls, n, t) for cls in classes for n in (1, 10, 40) for t in (200, 1000)}
+    assert {(c.cls, c.N, c.T) for c in cases} == issue3 | {("AttLoc", 10, 500)}
     assert (espnet_step_case("AttLoc", 40, 200).utterances, espnet_step_case("AttLoc", 40, 200).hyps) == (4, 10)
     assert {c.op for c in quick_cases()} == set(bench_cases.OPS)  # --quick has every op
     assert sum(c.op in ("espnet-step", "decode") for c in quick_cases()) == 2

@@ -66,6 +66,25 @@ class _CuPy:
     def capsule(self, x):
         return x.__dlpack__(stream=-1)
 
+    def zeros(self, shape, like):
+        return self.xp.zeros(shape, dtype=like.dtype)
+
+    def copy(self, x):
+        return self.xp.array(x, order="C", copy=True)
+
+    def contiguous(self, x):
+        return self.xp.ascontiguousarray(x)
+
+    def linear(self, x, weight, bias=None):
+        """x @ weight.T (+ bias), C-contiguous (cuBLAS through the library)."""
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
+        return self.xp.ascontiguousarray(y)
+
+    def argmax_last(self, x):
+        return x.argmax(axis=-1).astype(self.xp.int64, copy=False)
+
 
 class _Torch:
     name = "torch"
@@ -114,6 +133,24 @@ class _Torch:
 
     def capsule(self, x):
         return x.detach().__dlpack__(stream=-1)
+
+    def zeros(self, shape, like):
+        return self.torch.zeros(shape, dtype=like.dtype, device=like.device)
+
+    def copy(self, x):
+        return x.detach().clone(memory_format=self.torch.contiguous_format)
+
+    def contiguous(self, x):
+        return x.contiguous()
+
+    def linear(self, x, weight, bias=None):
+        y = x @ weight.T
+        if bias is not None:
+            y += bias
+        return y.contiguous()
+
+    def argmax_last(self, x):
+        return x.argmax(dim=-1)
 
 
 def _library(x):

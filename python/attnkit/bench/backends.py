@@ -373,14 +373,44 @@ class CudaBackend(Backend):
 
 
 class AttnkitCUDA(CudaBackend):
-    """attnkit.scaled_dot_product_attention on CuPy arrays."""
+    """attnkit.scaled_dot_product_attention and the additive ESPnet classes' steps on CuPy arrays."""
 
     name = "attnkit-cuda"
+    ops = ("sdpa", "espnet-step")
+    dtypes = ("float32", "float16", "float64")
+
+    def supports(self, case):
+        if case.op == "espnet-step":
+            from attnkit.espnet._device import GPU_CLASSES
+
+            if case.cls not in GPU_CLASSES:
+                return f"{case.cls} has no GPU step yet (GPU: {', '.join(GPU_CLASSES)})"
+            if case.dtype == "float16":
+                return "the ESPnet steps run in float32 and float64"
+        elif case.dtype == "float64":
+            return "attnkit-cuda runs SDPA in float32, float16 and bfloat16"
+        return super().supports(case)
 
     def prepare(self, case, copies, params):
+        if case.op == "espnet-step":
+            return self._espnet_calls(case, copies, params)
         return [lambda c=c: attnkit.scaled_dot_product_attention(c["q"], c["k"], c["v"], key_lengths=c["key_lengths"],
                                                                  causal=case.causal)
                 for c in self.device_copies(case, copies)]
+
+    @staticmethod
+    def _espnet_calls(case, copies, params):
+        import cupy
+
+        att = espnet_step.make_attention(case, params=params)
+        calls = []
+        for c in copies:
+            prepared = att.prepare(cupy.asarray(c["enc"]), c["lengths"])
+            state = espnet_step.attnkit_state(case, c["a_prev"])
+            dec_z, state = cupy.asarray(c["dec_z"]), None if state is None else cupy.asarray(state)
+            calls.append(lambda prepared=prepared, dec_z=dec_z, state=state, rows=c["rows"]:
+                         att.step(prepared, dec_z, state, rows=rows))
+        return calls
 
 
 class CupyCUDA(CudaBackend):
@@ -408,6 +438,15 @@ class TorchCUDA(CudaBackend):
 
     name = "torch-cuda"
     requires = "torch"
+    ops = ("sdpa", "espnet-step")
+    dtypes = ("float32", "float16", "float64")
+
+    def supports(self, case):
+        if case.op == "espnet-step" and case.dtype == "float16":
+            return "the ESPnet steps are timed in float32 and float64"
+        if case.op == "sdpa" and case.dtype == "float64":
+            return "SDPA on the GPU is timed in float32 and float16"
+        return super().supports(case)
 
     def available(self):
         ok, note = super().available()
@@ -443,6 +482,13 @@ class TorchCUDA(CudaBackend):
     def prepare(self, case, copies, params):
         import torch
 
+        if case.op == "espnet-step":
+            calls = []
+            for c in copies:
+                args = espnet_step.torch_reference_inputs(torch, case, c, params)
+                args = _to_cuda(args)
+                calls.append(lambda args=args: espnet_step.torch_step(torch, case.cls, *args, heads=case.heads))
+            return calls
         F = torch.nn.functional
         out = []
         for c in copies:
@@ -452,6 +498,15 @@ class TorchCUDA(CudaBackend):
             out.append(lambda q=q, k=k, v=v, m=mask, ic=is_causal:
                        F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=ic))
         return out
+
+
+def _to_cuda(x):
+    """The tensors of a nest of dicts, lists and tuples, copied to the current CUDA device."""
+    if isinstance(x, dict):
+        return {k: _to_cuda(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_cuda(v) for v in x)
+    return x.cuda()
 
 
 CPU_BACKENDS = ("attnkit", "numpy", "torch", "onnxruntime")

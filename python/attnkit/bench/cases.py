@@ -433,8 +433,10 @@ TINY = sdpa_case("tiny", 1, 1, 8, 8, 8, rotate=False)
 
 def espnet_step_cases() -> list[EspnetStepCase]:
     """Each class at N = 1, 10 and 40 rows (a single hypothesis, a beam of 10, 4 utterances x 10)
-    and T = 200 and 1000 encoder frames (the issue-3 set, `benchmarks/bench_espnet_step.py`)."""
-    return [espnet_step_case(cls, N, T) for cls in ESPNET_CLASSES for T in (200, 1000) for N in (1, 10, 40)]
+    and T = 200 and 1000 encoder frames (the issue-3 set, `benchmarks/bench_espnet_step.py`), and
+    AttLoc at N = 10, T = 500 (the shape of the GPU target in issue 4)."""
+    return ([espnet_step_case(cls, N, T) for cls in ESPNET_CLASSES for T in (200, 1000) for N in (1, 10, 40)]
+            + [espnet_step_case("AttLoc", 10, 500)])
 
 
 def decode_cases() -> list[DecodeCase]:

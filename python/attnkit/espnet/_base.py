@@ -15,9 +15,10 @@ from typing import Any, ClassVar, Mapping, NamedTuple
 
 import numpy as np
 
-from attnkit._arrays import c_aligned, describe, host_float_array, lengths_array, positive_scalar
+from attnkit._arrays import c_aligned, describe, host_float_array, is_device_array, lengths_array, positive_scalar
 from attnkit._core import UnsupportedError
 from attnkit._linear import PackedWeight, linear
+from attnkit.espnet._device import DeviceStep, prepare_on_device, to_device_like
 from attnkit.espnet._kernels import fused_additive_step, fused_additive_step_windowed
 
 #: Prefixes under which ESPnet checkpoints store the (first) attention module: espnet1 ``Decoder``
@@ -75,7 +76,8 @@ class ForwardTAState(NamedTuple):
 class Prepared:
     """The per-utterance cache made by ``prepare``; immutable (frozen, arrays read-only).
 
-    enc ``[B, T, E]`` a copy of the encoder output in the module's dtype; lengths int64 ``[B]``;
+    enc ``[B, T, E]`` a copy of the encoder output in the module's dtype (on the GPU when prepare
+    got a GPU array: see ``on_device``); lengths int64 ``[B]``;
     keys: the cached projection, ``[B, T, A]`` (ESPnet's ``pre_compute_enc_h``) or ``[B, H, T, A_k]``
     (multi-head ``pre_compute_k``; the dot-product classes keep both as views of storage with the
     frames innermost, the layout of their kernel); values ``[B, H, T, A_v]`` (multi-head ``pre_compute_v``);
@@ -87,7 +89,15 @@ class Prepared:
     keys: np.ndarray | None = None
     values: np.ndarray | None = None
     mean: np.ndarray | None = None
+    device_lengths: Any = None
     _weights: Any = field(default=None, repr=False)
+    _device_rows: dict = field(default_factory=dict, repr=False)  # row maps uploaded for GPU steps
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the cache lives on a GPU (``prepare`` got a GPU array; then enc and keys are
+        arrays of its library, lengths stays a host array and device_lengths is its device copy)."""
+        return self.device_lengths is not None
 
     @property
     def batch(self) -> int:
@@ -323,6 +333,8 @@ class EspnetAttention:
         lengths ``[B]`` integers in [1, T] with max(lengths) == T, as ESPnet requires.
         """
         op = f"{type(self).__name__}.prepare"
+        if is_device_array(enc):
+            return prepare_on_device(self, op, enc, lengths, Prepared)
         enc = host_float_array(op, "enc", enc, (3,))
         if enc.dtype != self._dtype:
             raise TypeError(f"{op}: enc must have dtype {self._dtype} (the module's dtype), got {enc.dtype}")
@@ -348,12 +360,7 @@ class EspnetAttention:
 
     def _begin(self, op: str, prepared, dec_z, rows) -> tuple[Prepared, np.ndarray, np.ndarray | None]:
         """Checks prepared, rows and dec_z; returns (prepared, rows int64 [N], dec_z [N, Dz])."""
-        if not isinstance(prepared, Prepared):
-            raise TypeError(f"{op}: prepared must be the Prepared returned by prepare(), got {describe(prepared)}")
-        if prepared._weights is not self._params:
-            raise ValueError(f"{op}: prepared must come from this module's prepare() with its current weights, "
-                             f"got one made by another module or before load_state_dict(); call prepare() again")
-        rows = self._rows(op, rows, prepared.batch)
+        rows = self._prepared_rows(op, prepared, rows)
         if self.dunits is None:
             return prepared, rows, None
         n = rows.shape[0]
@@ -365,6 +372,15 @@ class EspnetAttention:
         if dec_z.dtype != self._dtype:
             raise TypeError(f"{op}: dec_z must have dtype {self._dtype} (the module's dtype), got {dec_z.dtype}")
         return prepared, rows, dec_z
+
+    def _prepared_rows(self, op: str, prepared, rows) -> np.ndarray:
+        """Checks prepared and rows; returns rows int64 [N]."""
+        if not isinstance(prepared, Prepared):
+            raise TypeError(f"{op}: prepared must be the Prepared returned by prepare(), got {describe(prepared)}")
+        if prepared._weights is not self._params:
+            raise ValueError(f"{op}: prepared must come from this module's prepare() with its current weights, "
+                             f"got one made by another module or before load_state_dict(); call prepare() again")
+        return self._rows(op, rows, prepared.batch)
 
     @staticmethod
     def _rows(op: str, rows, batch: int) -> np.ndarray:
@@ -385,7 +401,12 @@ class EspnetAttention:
         return positive_scalar(op, "scaling", scaling)
 
     def _uniform(self, prepared: Prepared, rows: np.ndarray) -> np.ndarray:
-        return uniform_weights(prepared.lengths[rows], prepared.frames, self._dtype)
+        u = uniform_weights(prepared.lengths[rows], prepared.frames, self._dtype)
+        return to_device_like(prepared.enc, u) if prepared.on_device else u
+
+    def _begin_device(self, op: str, prepared: Prepared, dec_z, rows) -> DeviceStep:
+        """``_begin`` for a prepared cache on the GPU: the same checks, then the GPU step's own."""
+        return DeviceStep(self, op, prepared, dec_z, self._prepared_rows(op, prepared, rows))
 
     def _bt_state(self, op: str, state, prepared: Prepared, rows: np.ndarray, init) -> np.ndarray:
         """A ``[N, T]`` weights state, or ``init()`` when state is None."""

@@ -11,7 +11,8 @@ class AttAdd(EncoderProjection):
 
     Parameters: ``mlp_enc.weight [A, E]``, ``mlp_enc.bias [A]``, ``mlp_dec.weight [A, Dz]``,
     ``gvec.weight [1, A]``, ``gvec.bias [1]``. The previous state is ignored (as in ESPnet); the
-    new state is w. Runs on ``fused_additive_step`` without a location term.
+    new state is w. Runs on ``fused_additive_step`` without a location term; on the GPU when
+    ``prepare`` got a GPU array (dec_z then a GPU array too).
     """
 
     espnet_name = "AttAdd"
@@ -27,6 +28,10 @@ class AttAdd(EncoderProjection):
         """dec_z ``[N, Dz]`` or None (zeros); state ignored; rows ``[N]`` (default arange(B)).
         Returns context ``[N, E]``, weights ``[N, T]``, state = weights, peak ``[N]``."""
         op = "AttAdd.step"
+        if getattr(prepared, "on_device", False):
+            g = self._begin_device(op, prepared, dec_z, rows)
+            ctx, w = g.additive(None, None, None, None, self._scaling(op, scaling))
+            return AttentionOutput(ctx, w, w, g.peak(w))
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
         ctx, w = self._additive(prepared, rows, self._query(dec_z), None, None, None, None, s)

@@ -18,6 +18,15 @@ def coverage_total(op: str, module, state, prepared: Prepared, rows: np.ndarray)
                        "([N, T] coverage sum)")
 
 
+def coverage_total_on_device(op: str, module, state, g):
+    """coverage_total for a GPU step ``g``: the state's total checked there, or U on its device."""
+    if state is None:
+        return module._uniform(g.prepared, g.rows)
+    if not isinstance(state, CoverageState):
+        raise TypeError(f"{op}: state must be a CoverageState(total [N, T]) or None, got {describe(state)}")
+    return g.state(state.total, "state.total")
+
+
 class AttCov(EncoderProjection):
     """e = gvec(tanh(enc W_enc^T + b_enc + dec_z W_dec^T + cov wvec.weight^T + wvec.bias)),
     cov = the sum of all previous weights and of the initial U.
@@ -48,6 +57,12 @@ class AttCov(EncoderProjection):
         rows ``[N]``. Returns context ``[N, E]``, weights ``[N, T]``,
         state = CoverageState(total + weights), peak ``[N]``."""
         op = "AttCov.step"
+        if getattr(prepared, "on_device", False):
+            g = self._begin_device(op, prepared, dec_z, rows)
+            s = self._scaling(op, scaling)
+            total = coverage_total_on_device(op, self, state, g)
+            ctx, w = g.additive(total, g.weight("one_tap"), g.weight("wvec.weight"), g.weight("wvec.bias"), s)
+            return AttentionOutput(ctx, w, CoverageState(g.added(total, w)), g.peak(w))
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
         total = coverage_total(op, self, state, prepared, rows)

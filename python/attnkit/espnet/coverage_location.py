@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from attnkit.espnet._base import AttentionOutput, CoverageState, Prepared, peak_of
-from attnkit.espnet.coverage import coverage_total
+from attnkit.espnet.coverage import coverage_total, coverage_total_on_device
 from attnkit.espnet.location import LocationAware
 
 
@@ -23,6 +23,12 @@ class AttCovLoc(LocationAware):
         rows ``[N]``. Returns context ``[N, E]``, weights ``[N, T]``,
         state = CoverageState(total + weights), peak ``[N]``."""
         op = "AttCovLoc.step"
+        if getattr(prepared, "on_device", False):
+            g = self._begin_device(op, prepared, dec_z, rows)
+            s = self._scaling(op, scaling)
+            total = coverage_total_on_device(op, self, state, g)
+            ctx, w = g.additive(total, g.weight("loc_conv.weight")[:, 0], g.weight("mlp_att.weight"), None, s)
+            return AttentionOutput(ctx, w, CoverageState(g.added(total, w)), g.peak(w))
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
         total = coverage_total(op, self, state, prepared, rows)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from attnkit._core import UnsupportedError
 from attnkit.espnet._base import AttentionOutput, EncoderProjection, Prepared, peak_of, window_bounds
 
 
@@ -48,7 +49,8 @@ class AttLoc(LocationAware):
 
     Parameters: ``mlp_enc.weight [A, E]``, ``mlp_enc.bias [A]``, ``mlp_dec.weight [A, Dz]``,
     ``mlp_att.weight [A, C]``, ``loc_conv.weight [C, 1, 1, 2F+1]``, ``gvec.weight [1, A]``,
-    ``gvec.bias [1]``. Runs on ``fused_additive_step``.
+    ``gvec.bias [1]``. Runs on ``fused_additive_step``; on the GPU when ``prepare`` got a GPU
+    array (dec_z and state then GPU arrays too; no attention window there yet).
     """
 
     espnet_name = "AttLoc"
@@ -60,6 +62,14 @@ class AttLoc(LocationAware):
         int array ``[N]``) keeps only frames [idx - backward_window, idx + forward_window).
         Returns context ``[N, E]``, weights ``[N, T]``, state = weights, peak ``[N]``."""
         op = "AttLoc.step"
+        if getattr(prepared, "on_device", False):
+            g = self._begin_device(op, prepared, dec_z, rows)
+            s = self._scaling(op, scaling)
+            if last_attended_idx is not None:
+                raise UnsupportedError(f"{op}: last_attended_idx (the attention window) runs on the CPU only so far")
+            a = self._uniform(prepared, g.rows) if state is None else g.state(state, "state")
+            ctx, w = g.additive(a, g.weight("loc_conv.weight")[:, 0], g.weight("mlp_att.weight"), None, s)
+            return AttentionOutput(ctx, w, w, g.peak(w))
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
         a = self._bt_state(op, state, prepared, rows, lambda: self._initial(prepared, rows))

@@ -26,4 +26,9 @@ struct Launch {
 // relies on; UnsupportedError for sizes it does not take, CudaError when the launch fails.
 void scaled_dot_product_attention(const SdpaParams& p, const Launch& at);
 
+// The fused step of ESPnet's additive attention family with device pointers (dtype f32 or f64;
+// every array C-contiguous; p.scratch a [N][T] array of the step's dtype). Lengths and rows are
+// clamped to their ranges on the device (the callers check them on the host).
+void additive_step(const AdditiveStepParams& p, const Launch& at);
+
 }  // namespace attnkit::cuda

@@ -78,6 +78,7 @@ struct AdditiveStepParams {
   double scaling = 1.0;
   void* context = nullptr;           // [N][Ev]
   void* weights = nullptr;           // [N][T]
+  void* scratch = nullptr;           // [N][T], GPU only: the scaled energies between its two launches
 };
 
 }  // namespace attnkit

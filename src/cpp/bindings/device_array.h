@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "attnkit/errors.h"
 #include "attnkit/params.h"
@@ -36,6 +37,7 @@ class DeviceArray {
     const auto dt = a_.dtype();
     if (dt.lanes != 1) return false;
     if (dt.code == uint8_t(nb::dlpack::dtype_code::Float) && dt.bits == 32) return *t = DType::f32, true;
+    if (dt.code == uint8_t(nb::dlpack::dtype_code::Float) && dt.bits == 64) return *t = DType::f64, true;
     if (dt.code == uint8_t(nb::dlpack::dtype_code::Float) && dt.bits == 16) return *t = DType::f16, true;
     if (dt.code == uint8_t(nb::dlpack::dtype_code::Bfloat) && dt.bits == 16) return *t = DType::bf16, true;
     return false;
@@ -59,11 +61,22 @@ class DeviceArray {
     for (int i = 0; i < ndim(); ++i) s += (i ? ", " : "") + std::to_string(shape(i));
     return s + (ndim() == 1 ? ",)" : ")");
   }
+  // ValueError "<op>: <name> must have shape (...), got (...)" unless the shape is exactly `want`.
+  void require_shape(const std::vector<int64_t>& want) const {
+    bool ok = ndim() == int(want.size());
+    for (size_t i = 0; ok && i < want.size(); ++i) ok = shape(int(i)) == want[i];
+    if (ok) return;
+    std::string w = "(";
+    for (size_t i = 0; i < want.size(); ++i) w += (i ? ", " : "") + std::to_string(want[i]);
+    throw ValueError(std::string(op_) + ": " + name_ + " must have shape " + w + (want.size() == 1 ? ",)" : ")") +
+                     ", got " + shape_str());
+  }
   // Bytes [lo, hi) the elements span, as addresses (for overlap tests only).
   std::uintptr_t extent_lo() const { return extent(false); }
   std::uintptr_t extent_hi() const { return extent(true); }
   bool may_overlap(const DeviceArray& other) const {
-    return extent_lo() < other.extent_hi() && other.extent_lo() < extent_hi();
+    const std::uintptr_t lo = extent_lo(), hi = extent_hi(), other_lo = other.extent_lo(), other_hi = other.extent_hi();
+    return lo < hi && other_lo < other_hi && lo < other_hi && other_lo < hi;  // empty arrays overlap nothing
   }
   // Whether the strides are exactly C order (axes of length 1 excepted).
   bool c_contiguous() const {

@@ -24,17 +24,6 @@ constexpr const char* kOp = "scaled_dot_product_attention";
 [[noreturn]] void value_error(const std::string& what) { throw ValueError(std::string(kOp) + ": " + what); }
 [[noreturn]] void type_error(const std::string& what) { throw TypeError(std::string(kOp) + ": " + what); }
 
-void require_shape(const DeviceArray& a, const std::vector<int64_t>& shape) {
-  bool ok = a.ndim() == int(shape.size());
-  for (size_t i = 0; ok && i < shape.size(); ++i) ok = a.shape(int(i)) == shape[i];
-  if (!ok) {
-    std::string want = "(";
-    for (size_t i = 0; i < shape.size(); ++i) want += (i ? ", " : "") + std::to_string(shape[i]);
-    value_error(std::string(a.name()) + " must have shape " + want + (shape.size() == 1 ? ",)" : ")") + ", got " +
-                a.shape_str());
-  }
-}
-
 // The kernel reads rows of q, k, v and writes rows of out and weights with unit stride.
 void require_unit_last_stride(const DeviceArray& a) {
   const int last = a.ndim() - 1;
@@ -75,9 +64,9 @@ void sdpa_cuda(nb::ndarray<> q_in, nb::ndarray<> k_in, nb::ndarray<> v_in, nb::n
     value_error("q, k and v must be 4-D here, got " + q.shape_str() + ", " + k.shape_str() + " and " + v.shape_str());
   p.B = q.shape(0), p.H = q.shape(1), p.Tq = q.shape(2), p.D = q.shape(3);
   p.Tk = k.shape(2), p.Dv = v.shape(3);
-  require_shape(k, {p.B, p.H, p.Tk, p.D});
-  require_shape(v, {p.B, p.H, p.Tk, p.Dv});
-  require_shape(out, {p.B, p.H, p.Tq, p.Dv});
+  k.require_shape({p.B, p.H, p.Tk, p.D});
+  v.require_shape({p.B, p.H, p.Tk, p.Dv});
+  out.require_shape({p.B, p.H, p.Tq, p.Dv});
   for (const DeviceArray* a : {&q, &k, &v, &out}) require_unit_last_stride(*a);
   if (!out.c_contiguous()) value_error("out must be C-contiguous on the GPU, got strides of another layout");
   for (const DeviceArray* a : {&q, &k, &v})
@@ -89,7 +78,7 @@ void sdpa_cuda(nb::ndarray<> q_in, nb::ndarray<> k_in, nb::ndarray<> v_in, nb::n
     DType t;
     if (!weights->float_dtype(&t) || t != p.dtype)
       type_error(std::string("weights must have q's dtype ") + dtype_name(p.dtype) + ", got " + weights->dtype_name());
-    require_shape(*weights, {p.B, p.H, p.Tq, p.Tk});
+    weights->require_shape({p.B, p.H, p.Tq, p.Tk});
     if (!weights->c_contiguous()) value_error("weights must be C-contiguous on the GPU");
     for (const DeviceArray* a : {&q, &k, &v, &out})
       if (weights->may_overlap(*a)) value_error(std::string("weights must not share memory with ") + a->name());
@@ -98,12 +87,12 @@ void sdpa_cuda(nb::ndarray<> q_in, nb::ndarray<> k_in, nb::ndarray<> v_in, nb::n
   }
   if (lengths) {
     if (!lengths->is_int64()) type_error("key_lengths must be int64 on the GPU, got " + lengths->dtype_name());
-    require_shape(*lengths, {p.B});
+    lengths->require_shape({p.B});
     if (p.B > 1 && lengths->stride(0) != 1) value_error("key_lengths must be contiguous on the GPU");
     p.key_lengths = static_cast<const int64_t*>(lengths->data());
   }
   if (mask) {
-    require_shape(*mask, {p.B, p.H, p.Tq, p.Tk});
+    mask->require_shape({p.B, p.H, p.Tq, p.Tk});
     DType t;
     if (mask->is_bool())
       p.mask_kind = MaskKind::keep_bool;

@@ -8,6 +8,7 @@ NB_MODULE(_core, m) {
   register_dot_product(m);
   register_dot_product_cuda(m);
   register_additive(m);
+  register_additive_cuda(m);
   register_linear(m);
   register_lstm(m);
 }

@@ -7,6 +7,7 @@ void register_runtime(nanobind::module_& m);
 void register_dot_product(nanobind::module_& m);
 void register_dot_product_cuda(nanobind::module_& m);
 void register_additive(nanobind::module_& m);
+void register_additive_cuda(nanobind::module_& m);
 void register_linear(nanobind::module_& m);
 void register_lstm(nanobind::module_& m);
 }  // namespace attnkit::bindings

@@ -13,5 +13,8 @@ int device_count(std::string* why) {
 void scaled_dot_product_attention(const SdpaParams&, const Launch&) {
   throw UnsupportedError("scaled_dot_product_attention: attnkit was built without CUDA, so it cannot run on GPU arrays");
 }
+void additive_step(const AdditiveStepParams&, const Launch&) {
+  throw UnsupportedError("additive attention step: attnkit was built without CUDA, so it cannot run on GPU arrays");
+}
 
 }  // namespace attnkit::cuda
