@@ -240,3 +240,13 @@ def test_the_binding_rechecks_what_the_kernel_relies_on(lib, rng, case, error, p
     with pytest.raises(error, match=f"^additive attention step: {pattern}"):
         _core.additive_step_cuda(cap(P), cap(values), cap(lengths), cap(rows), cap(q), cap(att_in) if att_in else None,
                                  conv_w, proj, None, cap(f32(A)), 2.0, cap(ctx), cap(w), cap(scratch), 0)
+
+
+def test_the_espnet_style_wrappers_refuse_gpu_arrays_with_a_pointer_to_the_gpu_path(lib, rng):
+    from attnkit.espnet import compat
+
+    enc, lengths = batch(rng)
+    with pytest.raises(TypeError, match=r"enc_hs_pad must be a host array .* attnkit.espnet.AttLoc's prepare"):
+        compat.AttLoc(E, DZ, A, C, FILTS)(on(enc), lengths, None, None)
+    with pytest.raises(TypeError, match="dec_z must be a host array"):
+        compat.AttAdd(E, DZ, A)(enc, lengths, on(np.zeros((3, DZ), np.float32)), None)

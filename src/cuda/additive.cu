@@ -69,7 +69,7 @@ __device__ __forceinline__ RowView row_view(const AdditiveStepParams& p, int64_t
 }
 
 template <typename T> __global__ void energies_kernel(AdditiveStepParams p) {
-  extern __shared__ unsigned char shared_raw[];
+  extern __shared__ double2 shared_raw[];  // 16-byte aligned, for float and double alike
   T* feat = reinterpret_cast<T*>(shared_raw);  // [kTileFrames][C]
   const int64_t n = blockIdx.y;
   const RowView row = row_view(p, n);

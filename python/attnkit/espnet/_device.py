@@ -74,6 +74,7 @@ def prepare_on_device(module, op: str, enc, lengths, prepared_type):
         w = device_weights(module, call, enc)
         keys = lib.linear(enc, w["mlp_enc.weight"], w["mlp_enc.bias"])
         device_lengths = lib.from_host(lengths, enc)
+    lengths = lengths.copy()  # lengths_array may return the caller's own array
     lengths.flags.writeable = False
     return prepared_type(enc=enc, lengths=lengths, keys=keys, device_lengths=device_lengths, _weights=module._params)
 
@@ -114,7 +115,8 @@ class DeviceStep:
             return a + b
 
     def weight(self, name: str):
-        return device_weights(self.module, self.call, self.prepared.enc)[name]
+        with self.call:
+            return device_weights(self.module, self.call, self.prepared.enc)[name]
 
     def additive(self, att_in, conv_w, conv_proj, loc_bias, scaling: float):
         """(context [N, E], weights [N, T]) of the fused step; att_in ``[N, T]`` or None."""

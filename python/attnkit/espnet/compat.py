@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from attnkit._arrays import describe
+from attnkit._arrays import describe, is_device_array
 from attnkit.espnet import (additive, coverage, coverage_location, dot, forward, gdc, location, location2d,
                             location_recurrent, multi_head, no_att)
 from attnkit.espnet._base import CoverageState, ForwardTAState, LocRecState, Prepared, uniform_weights
@@ -87,8 +87,17 @@ class EspnetModule:
         self.core.load_state_dict(state_dict, prefix=prefix)
         self.reset()
 
+    def _host(self, name: str, x) -> np.ndarray:
+        """x as a NumPy array; GPU arrays are refused (these wrappers keep ESPnet's host-side
+        state; the GPU path is the attnkit.espnet classes' prepare / step)."""
+        if is_device_array(x):
+            raise TypeError(f"{self._op}: {name} must be a host array (NumPy or a CPU tensor): the ESPnet-style "
+                            f"wrappers run on the CPU; for GPU arrays use attnkit.espnet.{type(self.core).__name__}'s "
+                            f"prepare() and step(), got {describe(x)}")
+        return np.asarray(x)
+
     def _prepare(self, enc_hs_pad, enc_hs_len) -> Prepared:
-        enc = np.asarray(enc_hs_pad)
+        enc = self._host("enc_hs_pad", enc_hs_pad)
         if self._prepared is None or self.han_mode:
             # ESPnet builds its mask once per reset(), even in han_mode: keep the first lengths.
             lengths = enc_hs_len if self._prepared is None else self._prepared.lengths
@@ -102,7 +111,7 @@ class EspnetModule:
         """ESPnet views dec_z as (B, dunits)."""
         if dec_z is None:
             return None
-        z = np.asarray(dec_z)
+        z = self._host("dec_z", dec_z)
         if z.size != batch * self.core.dunits:
             raise ValueError(f"{self._op}: dec_z must have {batch} x {self.core.dunits} elements (B x dunits), "
                              f"got shape {z.shape}")
@@ -124,7 +133,7 @@ class EspnetModule:
             return None
         if isinstance(x, (list, tuple)):
             raise TypeError(f"{self._op}: {name} must be an array of shape (B, T), got {describe(x)}")
-        arr = np.asarray(x)
+        arr = self._host(name, x)
         b, t = prepared.batch, prepared.frames
         return arr.reshape(b, t) if arr.size == b * t else arr
 
@@ -144,7 +153,7 @@ class NoAtt(EspnetModule):
         cached and the state is U. As ESPnet: a first call after reset() with a non-None att_prev
         returns c = None; U is built in float32 and cast (float64 weights are float32-rounded)."""
         if att_prev is None:
-            prepared = self.core.prepare(np.asarray(enc_hs_pad), enc_hs_len)
+            prepared = self.core.prepare(self._host("enc_hs_pad", enc_hs_pad), enc_hs_len)
             att_prev = uniform_weights(prepared.lengths, prepared.frames, np.float32).astype(self.dtype)
             self.c = weighted_sum(att_prev, prepared.enc, prepared.lengths, np.arange(prepared.batch), True)
         return self.c, att_prev
