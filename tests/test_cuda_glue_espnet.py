@@ -15,6 +15,7 @@ import attnkit
 import attnkit.espnet as ae
 from attnkit import _core
 from attnkit.espnet import CoverageState
+from attnkit._linear import linear
 from attnkit.espnet._kernels import fused_additive_step
 from conftest import assert_close
 from gpu_standin import StandInArray, lib  # noqa: F401 (lib is a fixture)
@@ -59,12 +60,16 @@ def kernel_on_cpu(lib, monkeypatch):
     the arrays themselves), recording the calls."""
     calls = []
 
-    def fake(P, values, lengths, rows, q, att_in, conv_w, proj, loc_bias, gvec, scaling, ctx, w, scratch, stream):
+    def fake(P, values, lengths, rows, dec_z, w_dec, att_in, conv_w, proj, loc_bias, gvec, scaling, ctx, w, peak,
+             scratch, query, stream):
         assert scratch.a.shape == w.a.shape and scratch.a.dtype == w.a.dtype and isinstance(stream, int)
+        assert peak.a.dtype == np.int64 and query.a.shape == (w.a.shape[0], P.a.shape[2])
         calls.append(stream)
         arg = lambda x: None if x is None else x.a  # noqa: E731
-        fused_additive_step(arg(P), arg(values), arg(lengths), arg(rows), arg(q), arg(att_in), arg(conv_w),
+        query.a[...] = linear(dec_z.a, w_dec.a)  # the CPU path's query projection
+        fused_additive_step(arg(P), arg(values), arg(lengths), arg(rows), query.a, arg(att_in), arg(conv_w),
                             arg(proj), arg(loc_bias), arg(gvec), scaling, arg(ctx), arg(w))
+        peak.a[...] = w.a.argmax(axis=-1)
 
     monkeypatch.setattr(lib, "capsule", lambda x: x)
     monkeypatch.setattr(_core, "additive_step_cuda", fake)
@@ -206,40 +211,45 @@ def test_bad_prepare_arguments(lib, rng, kind, error, pattern):
 
 @pytest.mark.skipif(not _core.cuda_built(), reason="the binding's checks run after the CUDA-build check")
 @pytest.mark.parametrize("case,error,pattern", [
-    ("q_shape", ValueError, r"q must have shape \(3, 9\)"),
+    ("w_dec_shape", ValueError, r"w_dec must have shape \(9, 7\)"),
     ("half", TypeError, "P must be float32 or float64"),
-    ("mixed_dtype", TypeError, "q must have the step's dtype float32"),
+    ("mixed_dtype", TypeError, "dec_z must have the step's dtype float32"),
     ("rows_dtype", TypeError, "rows must be int64"),
-    ("strided_q", ValueError, "q must be C-contiguous"),
-    ("out_aliases_q", ValueError, "out_context must not share memory with q"),
+    ("peak_dtype", TypeError, "out_peak must be int64"),
+    ("strided_dec_z", ValueError, "dec_z must be C-contiguous"),
+    ("out_aliases_dec_z", ValueError, "out_context must not share memory with dec_z"),
     ("no_conv", ValueError, "att_in needs conv_w and conv_proj"),
 ])
 def test_the_binding_rechecks_what_the_kernel_relies_on(lib, rng, case, error, pattern):
     B, T, N = 2, 6, 3
     f32 = lambda *s: StandInArray(rng.standard_normal(s).astype(np.float32))  # noqa: E731
-    P, values, q = f32(B, T, A), f32(B, T, E), f32(N, A)
+    P, values, dec_z, w_dec = f32(B, T, A), f32(B, T, E), f32(N, DZ), f32(A, DZ)
     lengths, rows = StandInArray(np.array([6, 4])), StandInArray(np.array([0, 1, 1]))
-    ctx, w, scratch = f32(N, E), f32(N, T), f32(N, T)
-    att_in = conv_w = proj = None
-    if case == "q_shape":
-        q = f32(N, A + 1)
+    ctx, w, scratch, query = f32(N, E), f32(N, T), f32(N, T), f32(N, A)
+    peak = StandInArray(np.zeros(N, np.int64))
+    att_in = None
+    if case == "w_dec_shape":
+        w_dec = f32(A, DZ + 1)
     elif case == "half":
         P = StandInArray(P.a.astype(np.float16))
     elif case == "mixed_dtype":
-        q = StandInArray(q.a.astype(np.float64))
+        dec_z = StandInArray(dec_z.a.astype(np.float64))
     elif case == "rows_dtype":
         rows = StandInArray(rows.a.astype(np.int32))
-    elif case == "strided_q":
-        q = StandInArray(rng.standard_normal((N, 2 * A)).astype(np.float32)[:, ::2])
-    elif case == "out_aliases_q":
-        buffer = rng.standard_normal(N * E).astype(np.float32)  # ctx [N, E] over the memory of q [N, A]
-        q, ctx = StandInArray(buffer[: N * A].reshape(N, A)), StandInArray(buffer.reshape(N, E))
+    elif case == "peak_dtype":
+        peak = StandInArray(np.zeros(N, np.int32))
+    elif case == "strided_dec_z":
+        dec_z = StandInArray(rng.standard_normal((N, 2 * DZ)).astype(np.float32)[:, ::2])
+    elif case == "out_aliases_dec_z":
+        buffer = rng.standard_normal(N * E).astype(np.float32)  # ctx [N, E] over the memory of dec_z [N, Dz]
+        dec_z, ctx = StandInArray(buffer[: N * DZ].reshape(N, DZ)), StandInArray(buffer.reshape(N, E))
     elif case == "no_conv":
         att_in = f32(N, 1, T)
     cap = lib.capsule
     with pytest.raises(error, match=f"^additive attention step: {pattern}"):
-        _core.additive_step_cuda(cap(P), cap(values), cap(lengths), cap(rows), cap(q), cap(att_in) if att_in else None,
-                                 conv_w, proj, None, cap(f32(A)), 2.0, cap(ctx), cap(w), cap(scratch), 0)
+        _core.additive_step_cuda(cap(P), cap(values), cap(lengths), cap(rows), cap(dec_z), cap(w_dec),
+                                 cap(att_in) if att_in else None, None, None, None, cap(f32(A)), 2.0, cap(ctx),
+                                 cap(w), cap(peak), cap(scratch), cap(query), 0)
 
 
 def test_the_espnet_style_wrappers_refuse_gpu_arrays_with_a_pointer_to_the_gpu_path(lib, rng):

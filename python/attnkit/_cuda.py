@@ -82,9 +82,6 @@ class _CuPy:
             y += bias
         return self.xp.ascontiguousarray(y)
 
-    def argmax_last(self, x):
-        return x.argmax(axis=-1).astype(self.xp.int64, copy=False)
-
 
 class _Torch:
     name = "torch"
@@ -148,9 +145,6 @@ class _Torch:
         if bias is not None:
             y += bias
         return y.contiguous()
-
-    def argmax_last(self, x):
-        return x.argmax(dim=-1)
 
 
 def _library(x):

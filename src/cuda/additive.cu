@@ -2,6 +2,8 @@
 // AttCovLoc; dot-product energies too when gvec is null): the math of
 // attnkit.espnet._kernels.fused_additive_step_reference in two launches on the caller's stream.
 //
+// 0. Query. q[n][a] = dec_z[n] . W_dec[a], a warp per output (lanes over Dz, coalesced), into
+//    the query scratch the next launch reads.
 // 1. Energies. Block (frame tile, row n) of 8 warps takes 8 frames of row n. Its warps first
 //    compute the tile's location features f[k][c] into shared memory (one (frame, channel) pair
 //    per warp at a time, the lanes splitting the taps that reach inside [0, T)), then one frame
@@ -10,7 +12,11 @@
 // 2. Softmax and context. Block (column tile, row n) reduces the max and the sum of row n's valid
 //    energies (every column tile of a row repeats this: a few hundred frames), then walks the
 //    frames in chunks whose probabilities it stages in shared memory; each thread owns one
-//    column of the context. Column tile 0 also writes the weights, zeros past the row's length.
+//    column of the context. Column tile 0 also writes the weights, zeros past the row's length,
+//    and the row's peak (the argmax of its weights, as NumPy's: the first of the largest, a NaN
+//    before any number), so a step needs no argmax call after it.
+//
+// The host side is one binding call that launches all three on the caller's stream.
 //
 // Precision: the step's own dtype throughout (float32 or float64, like the CPU kernel), libm's
 // tanh and exp. Written for correctness first; it has not run on a GPU yet (NOTES.md).
@@ -28,6 +34,7 @@ namespace attnkit::cuda {
 namespace {
 
 constexpr const char* kOp = "additive attention step";
+constexpr int kQueryWarps = 8;             // query: one output per warp
 constexpr int kEnergyWarps = 8;            // energies: one frame per warp ...
 constexpr int kTileFrames = kEnergyWarps;  // ... 8 frames per block
 constexpr int kContextThreads = 128;       // softmax / context: one context column per thread
@@ -66,6 +73,19 @@ __device__ __forceinline__ RowView row_view(const AdditiveStepParams& p, int64_t
   int64_t length = p.lengths[b];
   length = length < 1 ? 1 : (length > p.T ? p.T : length);
   return {b, length};
+}
+
+template <typename T> __global__ void query_kernel(AdditiveStepParams p) {
+  const int64_t n = blockIdx.y;
+  const int64_t a = int64_t(blockIdx.x) * kQueryWarps + int(threadIdx.x) / 32;
+  const int lane = int(threadIdx.x) % 32;
+  if (a >= p.A) return;  // the same for the whole warp
+  const T* z = static_cast<const T*>(p.dec_z) + n * p.Dz;
+  const T* w = static_cast<const T*>(p.w_dec) + a * p.Dz;
+  T acc = 0;
+  for (int64_t k = lane; k < p.Dz; k += 32) acc += z[k] * w[k];
+  acc = warp_sum(acc);
+  if (lane == 0) static_cast<T*>(p.query)[n * p.A + a] = acc;
 }
 
 template <typename T> __global__ void energies_kernel(AdditiveStepParams p) {
@@ -140,9 +160,34 @@ template <typename T, bool kMax> __device__ T block_reduce(T x, T* partial) {
   return x;
 }
 
+// Whether weight x at frame i comes before y at frame j in NumPy's argmax order.
+template <typename T> __device__ __forceinline__ bool peak_before(T x, int64_t i, T y, int64_t j) {
+  const bool x_nan = x != x, y_nan = y != y;
+  if (x_nan || y_nan) return x_nan && (!y_nan || i < j);
+  return x > y || (x == y && i < j);
+}
+
+// The block's peak of one (weight, frame) per thread (kContextThreads threads), for thread 0.
+template <typename T> __device__ int64_t block_peak(T x, int64_t i, T* partial_x, int64_t* partial_i) {
+  const int warp = int(threadIdx.x) / 32, lane = int(threadIdx.x) % 32;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const T y = __shfl_xor_sync(kFullWarp, x, offset);
+    const int64_t j = __shfl_xor_sync(kFullWarp, i, offset);
+    if (peak_before(y, j, x, i)) x = y, i = j;
+  }
+  __syncthreads();
+  if (lane == 0) partial_x[warp] = x, partial_i[warp] = i;
+  __syncthreads();
+  for (int w = 1; w < kContextThreads / 32; ++w)
+    if (peak_before(partial_x[w], partial_i[w], x, i)) x = partial_x[w], i = partial_i[w];
+  return i;
+}
+
 template <typename T> __global__ void softmax_context_kernel(AdditiveStepParams p) {
   __shared__ T probs[kChunkFrames];
   __shared__ T partial[kContextThreads / 32];
+  __shared__ int64_t partial_frames[kContextThreads / 32];
   const int64_t n = blockIdx.y;
   const RowView row = row_view(p, n);
   const T* e = static_cast<const T*>(p.scratch) + n * p.T;
@@ -161,6 +206,8 @@ template <typename T> __global__ void softmax_context_kernel(AdditiveStepParams 
   const int64_t col = int64_t(blockIdx.x) * kContextThreads + tid;
   const T* values = col < p.Ev ? static_cast<const T*>(p.values) + row.b * p.T * p.Ev + col : nullptr;
   T acc = 0;
+  T best = -INFINITY;  // this thread's peak candidate: weight, frame
+  int64_t best_frame = p.T;
   for (int64_t c0 = 0; c0 < row.length; c0 += kChunkFrames) {
     const int64_t c1 = c0 + kChunkFrames < row.length ? c0 + kChunkFrames : row.length;
     __syncthreads();  // the previous chunk's probabilities have been used
@@ -168,17 +215,24 @@ template <typename T> __global__ void softmax_context_kernel(AdditiveStepParams 
       const T w = exp_of(e[t] - m) * inv_sum;
       probs[t - c0] = w;
       if (writes_weights) weights[t] = w;
+      if (peak_before(w, t, best, best_frame)) best = w, best_frame = t;
     }
     __syncthreads();
     if (col < p.Ev)
       for (int64_t t = c0; t < c1; ++t) acc += probs[t - c0] * values[t * p.Ev];
   }
   if (col < p.Ev) static_cast<T*>(p.context)[n * p.Ev + col] = acc;
-  if (writes_weights)
-    for (int64_t t = row.length + tid; t < p.T; t += kContextThreads) weights[t] = 0;
+  if (!writes_weights) return;  // the same for the whole block
+  for (int64_t t = row.length + tid; t < p.T; t += kContextThreads) weights[t] = 0;
+  // The padded frames' zeros never come first: the valid weights sum to 1 (or hold a NaN).
+  const int64_t peak = block_peak(best, best_frame, partial, partial_frames);
+  if (tid == 0) p.peak[n] = peak;
 }
 
 template <typename T> void launch(const AdditiveStepParams& p, cudaStream_t stream) {
+  const dim3 query_grid(unsigned((p.A + kQueryWarps - 1) / kQueryWarps), unsigned(p.N));
+  query_kernel<T><<<query_grid, kQueryWarps * 32, 0, stream>>>(p);
+  check(cudaGetLastError(), "additive attention step: query kernel launch");
   const dim3 energy_grid(unsigned((p.T + kTileFrames - 1) / kTileFrames), unsigned(p.N));
   const size_t feat_bytes = sizeof(T) * size_t(kTileFrames * p.C);
   auto energies = energies_kernel<T>;
@@ -204,8 +258,11 @@ void additive_step(const AdditiveStepParams& p, const Launch& at) {
   if (p.Ev < 0) fail("Ev must be >= 0, got " + std::to_string(p.Ev));
   if (!(std::isfinite(p.scaling) && p.scaling > 0))
     fail("scaling must be a finite number > 0, got " + std::to_string(p.scaling));
-  if (!p.P || !p.lengths || !p.rows || !p.q || !p.weights || !p.scratch || (p.Ev > 0 && (!p.values || !p.context)))
-    fail("P, lengths, rows, q, the outputs and the scratch must all be given");
+  if (!p.P || !p.lengths || !p.rows || !p.dec_z || !p.w_dec || !p.query || !p.weights || !p.peak || !p.scratch ||
+      (p.Ev > 0 && (!p.values || !p.context)))
+    fail("P, lengths, rows, dec_z, w_dec, the outputs and the scratch must all be given");
+  if (p.q != p.query) fail("on the GPU q is computed into the query scratch (p.q must be p.query)");
+  if (p.Dz < 1) fail("Dz must be >= 1, got " + std::to_string(p.Dz));
   if (p.P_frames_inner) fail("on the GPU P must be [B, T, A] C-contiguous");
   if (p.C > 0) {
     if (!p.att_in || !p.conv_w || !p.proj) fail("a location term needs att_in, conv_w and conv_proj");
@@ -219,8 +276,9 @@ void additive_step(const AdditiveStepParams& p, const Launch& at) {
   if (p.N > 65535)
     throw UnsupportedError(std::string(kOp) + ": on the GPU a step takes at most 65535 rows, got " +
                            std::to_string(p.N));
-  if ((p.T + kTileFrames - 1) / kTileFrames > 0x7fffffffLL || (p.Ev + kContextThreads - 1) / kContextThreads > 0x7fffffffLL)
-    throw UnsupportedError(std::string(kOp) + ": T or Ev too large for one launch on the GPU");
+  if ((p.T + kTileFrames - 1) / kTileFrames > 0x7fffffffLL || (p.Ev + kContextThreads - 1) / kContextThreads > 0x7fffffffLL ||
+      (p.A + kQueryWarps - 1) / kQueryWarps > 0x7fffffffLL)
+    throw UnsupportedError(std::string(kOp) + ": T, A or Ev too large for one launch on the GPU");
   DeviceGuard on(at.device, kOp);
   const auto stream = reinterpret_cast<cudaStream_t>(at.stream);
   switch (p.dtype) {

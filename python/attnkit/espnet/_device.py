@@ -1,10 +1,10 @@
 """The GPU path of the additive ESPnet classes (AttAdd, AttLoc, AttCov, AttCovLoc).
 
 ``prepare`` with a CuPy array (or a PyTorch CUDA tensor) as ``enc`` makes a ``Prepared`` whose
-arrays live on that device, and ``step`` with it runs on the library's current stream: the query
-projection and the encoder projection through the library's matrix product (cuBLAS), the
-location conv, energies, softmax and context in attnkit's fused CUDA step (src/cuda/additive.cu),
-the peak through the library's argmax. dec_z and the states are GPU arrays of the same library
+arrays live on that device (the encoder projection through the library's matrix product,
+cuBLAS), and ``step`` with it runs on the library's current stream, in one call of attnkit's
+fused CUDA step (src/cuda/additive.cu): the query projection, location conv, energies, softmax,
+context and peak. dec_z and the states are GPU arrays of the same library
 and device; the lengths and the row map are host arrays, checked on the host (each distinct row
 map is copied to the device once per prepared cache, the initial uniform weights at each first
 step).
@@ -119,28 +119,33 @@ class DeviceStep:
             return device_weights(self.module, self.call, self.prepared.enc)[name]
 
     def additive(self, att_in, conv_w, conv_proj, loc_bias, scaling: float):
-        """(context [N, E], weights [N, T]) of the fused step; att_in ``[N, T]`` or None."""
+        """(context [N, E], weights [N, T], peak [N]) of the fused step; att_in ``[N, T]`` or
+        None. One binding call: the query projection, energies, softmax, context and peak all
+        run in attnkit's kernels on the step's stream."""
         from attnkit import _core
 
         p = self.prepared
         with self.call:
             lib = self.lib
             w = device_weights(self.module, self.call, p.enc)
-            dec_z = self.dec_z if self.dec_z is not None else lib.zeros((self.n, self.module.dunits), p.enc)
-            q = lib.linear(dec_z, w["mlp_dec.weight"])
-            rows = self.device_rows()
-            ctx = lib.empty((self.n, p.enc.shape[2]), p.enc)
-            weights = lib.empty((self.n, p.frames), p.enc)
-            scratch = lib.empty((self.n, p.frames), p.enc)
+            n, frames = self.n, p.frames
+            dec_z = self.dec_z if self.dec_z is not None else lib.zeros((n, self.module.dunits), p.enc)
+            dec_z = lib.contiguous(dec_z)
+            ctx = lib.empty((n, p.enc.shape[2]), p.enc)
+            weights = lib.empty((n, frames), p.enc)
+            peak = lib.empty((n,), p.device_lengths)  # int64, as the lengths
+            scratch = lib.empty((n, frames), p.enc)
+            query = lib.empty((n, self.module.att_dim), p.enc)
             if att_in is not None:
                 att_in = lib.contiguous(att_in[:, None, :])
             cap = self.call.capsule
             _core.additive_step_cuda(
-                cap(p.keys), cap(p.enc), cap(p.device_lengths), cap(rows), cap(q), cap(att_in), cap(conv_w),
-                cap(conv_proj), cap(loc_bias), cap(w["gvec.weight"][0]), scaling, cap(ctx), cap(weights),
-                cap(scratch), self.call.stream,
+                cap(p.keys), cap(p.enc), cap(p.device_lengths), cap(self.device_rows()), cap(dec_z),
+                cap(w["mlp_dec.weight"]), cap(att_in), cap(conv_w), cap(conv_proj), cap(loc_bias),
+                cap(w["gvec.weight"][0]), scaling, cap(ctx), cap(weights), cap(peak), cap(scratch), cap(query),
+                self.call.stream,
             )
-            return ctx, weights
+            return ctx, weights, peak
 
     def device_rows(self):
         """The row map on the device. A search steps the same rows many times: the last few maps
@@ -154,6 +159,3 @@ class DeviceStep:
             rows = cache[key] = self.lib.from_host(self.rows, self.prepared.enc)
         return rows
 
-    def peak(self, weights):
-        with self.call:
-            return self.lib.argmax_last(weights)

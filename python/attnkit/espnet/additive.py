@@ -30,8 +30,8 @@ class AttAdd(EncoderProjection):
         op = "AttAdd.step"
         if getattr(prepared, "on_device", False):
             g = self._begin_device(op, prepared, dec_z, rows)
-            ctx, w = g.additive(None, None, None, None, self._scaling(op, scaling))
-            return AttentionOutput(ctx, w, w, g.peak(w))
+            ctx, w, peak = g.additive(None, None, None, None, self._scaling(op, scaling))
+            return AttentionOutput(ctx, w, w, peak)
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
         ctx, w = self._additive(prepared, rows, self._query(dec_z), None, None, None, None, s)

@@ -68,8 +68,8 @@ class AttLoc(LocationAware):
             if last_attended_idx is not None:
                 raise UnsupportedError(f"{op}: last_attended_idx (the attention window) runs on the CPU only so far")
             a = self._uniform(prepared, g.rows) if state is None else g.state(state, "state")
-            ctx, w = g.additive(a, g.weight("loc_conv.weight")[:, 0], g.weight("mlp_att.weight"), None, s)
-            return AttentionOutput(ctx, w, w, g.peak(w))
+            ctx, w, peak = g.additive(a, g.weight("loc_conv.weight")[:, 0], g.weight("mlp_att.weight"), None, s)
+            return AttentionOutput(ctx, w, w, peak)
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
         a = self._bt_state(op, state, prepared, rows, lambda: self._initial(prepared, rows))

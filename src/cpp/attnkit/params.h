@@ -78,7 +78,14 @@ struct AdditiveStepParams {
   double scaling = 1.0;
   void* context = nullptr;           // [N][Ev]
   void* weights = nullptr;           // [N][T]
-  void* scratch = nullptr;           // [N][T], GPU only: the scaled energies between its two launches
+  // GPU only: q is computed on the device first, q = dec_z W_dec^T into `query` (then p.q = query),
+  // the scaled energies pass from launch to launch in `scratch`, and each row's peak is written.
+  const void* dec_z = nullptr;       // [N][Dz]
+  const void* w_dec = nullptr;       // [A][Dz]
+  int64_t Dz = 0;
+  void* query = nullptr;             // [N][A]
+  void* scratch = nullptr;           // [N][T]
+  int64_t* peak = nullptr;           // [N]: the first frame of the row's largest weight (NaN first)
 };
 
 }  // namespace attnkit

@@ -48,14 +48,16 @@ struct DeviceArgs {
 };
 
 void additive_step_cuda(nb::ndarray<> P_in, nb::ndarray<> values_in, nb::ndarray<> lengths_in,
-                        nb::ndarray<> rows_in, nb::ndarray<> q_in, std::optional<nb::ndarray<>> att_in_in,
-                        std::optional<nb::ndarray<>> conv_w_in, std::optional<nb::ndarray<>> proj_in,
-                        std::optional<nb::ndarray<>> loc_bias_in, std::optional<nb::ndarray<>> gvec_in,
-                        double scaling, nb::ndarray<> context_in, nb::ndarray<> weights_in,
-                        nb::ndarray<> scratch_in, std::uintptr_t stream) {
+                        nb::ndarray<> rows_in, nb::ndarray<> dec_z_in, nb::ndarray<> w_dec_in,
+                        std::optional<nb::ndarray<>> att_in_in, std::optional<nb::ndarray<>> conv_w_in,
+                        std::optional<nb::ndarray<>> proj_in, std::optional<nb::ndarray<>> loc_bias_in,
+                        std::optional<nb::ndarray<>> gvec_in, double scaling, nb::ndarray<> context_in,
+                        nb::ndarray<> weights_in, nb::ndarray<> peak_in, nb::ndarray<> scratch_in,
+                        nb::ndarray<> query_in, std::uintptr_t stream) {
   const DeviceArray P(P_in, kOp, "P"), values(values_in, kOp, "values"), lengths(lengths_in, kOp, "lengths"),
-      rows(rows_in, kOp, "rows"), q(q_in, kOp, "q"), context(context_in, kOp, "out_context"),
-      weights(weights_in, kOp, "out_weights"), scratch(scratch_in, kOp, "scratch");
+      rows(rows_in, kOp, "rows"), dec_z(dec_z_in, kOp, "dec_z"), w_dec(w_dec_in, kOp, "w_dec"),
+      context(context_in, kOp, "out_context"), weights(weights_in, kOp, "out_weights"),
+      peak(peak_in, kOp, "out_peak"), scratch(scratch_in, kOp, "scratch"), query(query_in, kOp, "query");
   std::optional<DeviceArray> att_in, conv_w, proj, loc_bias, gvec;
   if (att_in_in) att_in.emplace(*att_in_in, kOp, "att_in");
   if (conv_w_in) conv_w.emplace(*conv_w_in, kOp, "conv_w");
@@ -78,7 +80,10 @@ void additive_step_cuda(nb::ndarray<> P_in, nb::ndarray<> values_in, nb::ndarray
   if (rows.ndim() != 1) throw ValueError(std::string(kOp) + ": rows must be 1-D [N], got " + rows.shape_str());
   p.N = rows.shape(0);
   p.rows = static_cast<const int64_t*>(args.take(rows, {p.N}, true));
-  p.q = args.take(q, {p.N, p.A});
+  if (dec_z.ndim() != 2) throw ValueError(std::string(kOp) + ": dec_z must be 2-D [N, Dz], got " + dec_z.shape_str());
+  p.Dz = dec_z.shape(1);
+  p.dec_z = args.take(dec_z, {p.N, p.Dz});
+  p.w_dec = args.take(w_dec, {p.A, p.Dz});
   if (att_in) {
     if (!conv_w || !proj) throw ValueError(std::string(kOp) + ": att_in needs conv_w and conv_proj");
     if (att_in->ndim() != 3 || conv_w->ndim() != 3)
@@ -96,7 +101,10 @@ void additive_step_cuda(nb::ndarray<> P_in, nb::ndarray<> values_in, nb::ndarray
   p.context = const_cast<void*>(args.take(context, {p.N, p.Ev}));
   p.weights = const_cast<void*>(args.take(weights, {p.N, p.T}));
   p.scratch = const_cast<void*>(args.take(scratch, {p.N, p.T}));
-  for (const DeviceArray* out : {&context, &weights, &scratch})
+  p.query = const_cast<void*>(args.take(query, {p.N, p.A}));
+  p.q = p.query;
+  p.peak = static_cast<int64_t*>(const_cast<void*>(args.take(peak, {p.N}, true)));
+  for (const DeviceArray* out : {&context, &weights, &peak, &scratch, &query})
     for (const DeviceArray* a : args.all)
       if (a != out && out->may_overlap(*a))
         throw ValueError(std::string(kOp) + ": " + out->name() + " must not share memory with " + a->name());
@@ -109,9 +117,10 @@ void additive_step_cuda(nb::ndarray<> P_in, nb::ndarray<> values_in, nb::ndarray
 
 void register_additive_cuda(nb::module_& m) {
   m.def("additive_step_cuda", &additive_step_cuda, nb::arg("P"), nb::arg("values"), nb::arg("lengths"),
-        nb::arg("rows"), nb::arg("q"), nb::arg("att_in").none(), nb::arg("conv_w").none(),
+        nb::arg("rows"), nb::arg("dec_z"), nb::arg("w_dec"), nb::arg("att_in").none(), nb::arg("conv_w").none(),
         nb::arg("conv_proj").none(), nb::arg("loc_bias").none(), nb::arg("gvec_w").none(), nb::arg("scaling"),
-        nb::arg("out_context"), nb::arg("out_weights"), nb::arg("scratch"), nb::arg("stream"),
+        nb::arg("out_context"), nb::arg("out_weights"), nb::arg("out_peak"), nb::arg("scratch"), nb::arg("query"),
+        nb::arg("stream"),
         "Private GPU kernel entry of the ESPnet attention steps; use attnkit.espnet's classes with CuPy arrays.");
 }
 
