@@ -113,6 +113,18 @@ def read_only(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def utterance_lengths(op: str, lengths, B: int, T: int) -> np.ndarray:
+    """``prepare``'s lengths: B integers in [1, T] with max(lengths) == T, as int64."""
+    lengths = lengths_array(op, "lengths", lengths, B, T, "T")
+    if lengths.min() < 1:
+        raise ValueError(f"{op}: lengths must be >= 1 (an empty utterance has nothing to attend), "
+                         f"got {lengths.tolist()}")
+    if lengths.max() != T:
+        raise ValueError(f"{op}: lengths must have max(lengths) == T = {T} (as ESPnet, whose mask has "
+                         f"width max(lengths)), got max {lengths.max()}")
+    return lengths
+
+
 def uniform_weights(lengths: np.ndarray, frames: int, dtype) -> np.ndarray:
     """U ``[len(lengths), T]``: 1/l on the first l frames, 0 after (ESPnet's initial state)."""
     dtype = np.dtype(dtype)
@@ -341,13 +353,7 @@ class EspnetAttention:
         B, T, E = enc.shape
         if self.eprojs is not None and E != self.eprojs:
             raise ValueError(f"{op}: enc must be [B, T, E] with E = eprojs = {self.eprojs}, got shape {enc.shape}")
-        lengths = lengths_array(op, "lengths", lengths, B, T, "T")
-        if lengths.min() < 1:
-            raise ValueError(f"{op}: lengths must be >= 1 (an empty utterance has nothing to attend), "
-                             f"got {lengths.tolist()}")
-        if lengths.max() != T:
-            raise ValueError(f"{op}: lengths must have max(lengths) == T = {T} (as ESPnet, whose mask has "
-                             f"width max(lengths)), got max {lengths.max()}")
+        lengths = utterance_lengths(op, lengths, B, T)
         enc = read_only(np.array(enc, order="C"))
         cache = {k: read_only(v) for k, v in self._precompute(enc, lengths).items()}
         return Prepared(enc=enc, lengths=read_only(lengths.copy()), _weights=self._params, **cache)

@@ -4,10 +4,9 @@
 arrays live on that device (the encoder projection through the library's matrix product,
 cuBLAS), and ``step`` with it runs on the library's current stream, in one call of attnkit's
 fused CUDA step (src/cuda/additive.cu): the query projection, location conv, energies, softmax,
-context and peak. dec_z and the states are GPU arrays of the same library
-and device; the lengths and the row map are host arrays, checked on the host (each distinct row
-map is copied to the device once per prepared cache, the initial uniform weights at each first
-step).
+context and peak. dec_z and the states are GPU arrays of the same library and device; the
+lengths and the row map are host arrays, checked on the host (each distinct row map is copied to
+the device once per prepared cache, the initial uniform weights at each first step).
 
 The weights are copied to each device once per set of weights (the copies go with the module's
 ``_params`` mapping, which loading replaces).
@@ -16,7 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnkit._arrays import describe, is_device_array, lengths_array
+from attnkit import _core
+from attnkit._arrays import describe, is_device_array
 from attnkit._core import UnsupportedError
 from attnkit._cuda import GpuCall
 
@@ -61,13 +61,9 @@ def prepare_on_device(module, op: str, enc, lengths, prepared_type):
         raise ValueError(f"{op}: enc must not have an empty axis, got shape {tuple(enc.shape)}")
     if E != module.eprojs:
         raise ValueError(f"{op}: enc must be [B, T, E] with E = eprojs = {module.eprojs}, got shape {tuple(enc.shape)}")
-    lengths = lengths_array(op, "lengths", lengths, B, T, "T")
-    if lengths.min() < 1:
-        raise ValueError(f"{op}: lengths must be >= 1 (an empty utterance has nothing to attend), "
-                         f"got {lengths.tolist()}")
-    if lengths.max() != T:
-        raise ValueError(f"{op}: lengths must have max(lengths) == T = {T} (as ESPnet, whose mask has "
-                         f"width max(lengths)), got max {lengths.max()}")
+    from attnkit.espnet._base import utterance_lengths  # _base imports this module
+
+    lengths = utterance_lengths(op, lengths, B, T)
     with call:
         lib = call.lib
         enc = lib.copy(enc)
@@ -122,8 +118,6 @@ class DeviceStep:
         """(context [N, E], weights [N, T], peak [N]) of the fused step; att_in ``[N, T]`` or
         None. One binding call: the query projection, energies, softmax, context and peak all
         run in attnkit's kernels on the step's stream."""
-        from attnkit import _core
-
         p = self.prepared
         with self.call:
             lib = self.lib
