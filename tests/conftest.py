@@ -38,3 +38,24 @@ def isa(request):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def gpu_marks(cp) -> list:
+    """The marks of a test module that needs a GPU, CuPy (``cp``) and a CUDA build of attnkit."""
+    try:
+        devices = cp.cuda.runtime.getDeviceCount()
+    except Exception:  # noqa: BLE001 - no driver is the same as no GPU here
+        devices = 0
+    return [
+        pytest.mark.gpu,
+        pytest.mark.skipif(not _core.cuda_built(), reason="attnkit built without CUDA"),
+        pytest.mark.skipif(devices == 0, reason="no CUDA device"),
+    ]
+
+
+@pytest.fixture
+def lib(monkeypatch):
+    """The stand-in GPU library of gpu_standin.py, installed for one test."""
+    import gpu_standin
+
+    return gpu_standin.install(monkeypatch)

@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 
 import numpy as np
-import pytest
 
 from attnkit import _cuda
 
@@ -99,8 +98,9 @@ class StandInLibrary:
         return cap
 
 
-@pytest.fixture
-def lib(monkeypatch):
+def install(monkeypatch) -> StandInLibrary:
+    """Makes attnkit._cuda treat StandInArrays as arrays of a StandInLibrary (the ``lib`` fixture
+    of conftest.py)."""
     standin = StandInLibrary()
     real = _cuda._library
     monkeypatch.setattr(_cuda, "_library", lambda x: standin if isinstance(x, StandInArray) else real(x))

@@ -8,25 +8,11 @@ import numpy as np
 import pytest
 
 import attnkit.espnet as ae
-from attnkit import _core
 from attnkit.espnet import CoverageState
-from conftest import assert_close
+from conftest import assert_close, gpu_marks
 
 cp = pytest.importorskip("cupy")
-
-
-def _gpu_count() -> int:
-    try:
-        return cp.cuda.runtime.getDeviceCount()
-    except Exception:  # noqa: BLE001 - no driver is the same as no GPU here
-        return 0
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _core.cuda_built(), reason="attnkit built without CUDA"),
-    pytest.mark.skipif(_gpu_count() == 0, reason="no CUDA device"),
-]
+pytestmark = gpu_marks(cp)
 
 CLASSES = ["AttAdd", "AttLoc", "AttCov", "AttCovLoc"]
 # (E, Dz, A, C, filts, lengths)

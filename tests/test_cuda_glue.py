@@ -8,7 +8,7 @@ import pytest
 
 import attnkit
 from attnkit import _core
-from gpu_standin import StandInArray, lib  # noqa: F401 (lib is a fixture)
+from gpu_standin import StandInArray
 
 def _has_gpu():
     return _core.cuda_device_count()[0] > 0

@@ -18,7 +18,7 @@ from attnkit.espnet import CoverageState
 from attnkit._linear import linear
 from attnkit.espnet._kernels import fused_additive_step
 from conftest import assert_close
-from gpu_standin import StandInArray, lib  # noqa: F401 (lib is a fixture)
+from gpu_standin import StandInArray
 
 pytestmark = pytest.mark.skipif(_core.cuda_device_count()[0] > 0,
                                 reason="a real GPU is here: test_cuda_espnet.py runs the real thing")

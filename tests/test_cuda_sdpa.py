@@ -5,25 +5,11 @@ import numpy as np
 import pytest
 
 import attnkit
-from attnkit import _core
-from conftest import assert_close
+from conftest import gpu_marks
 from reference import sdpa as ref_sdpa
 
 cp = pytest.importorskip("cupy")
-
-
-def _gpu_count() -> int:
-    try:
-        return cp.cuda.runtime.getDeviceCount()
-    except Exception:  # noqa: BLE001 - no driver is the same as no GPU here
-        return 0
-
-
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not _core.cuda_built(), reason="attnkit built without CUDA"),
-    pytest.mark.skipif(_gpu_count() == 0, reason="no CUDA device"),
-]
+pytestmark = gpu_marks(cp)
 
 sdpa = attnkit.scaled_dot_product_attention
 # float32 on the GPU: float32 everywhere, with exp2 on scaled scores (a few ulp per term).
