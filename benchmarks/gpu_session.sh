@@ -21,7 +21,8 @@ export PYTHONPATH=/tmp/site
 python3 -m attnkit info | tee -a "$OUT/machine.txt"
 
 echo "== GPU tests, then the CPU SDPA tests as a control"
-python3 -m pytest tests/test_cuda_sdpa.py tests/test_cuda_espnet.py tests/test_dot_product.py -q -p no:cacheprovider \
+python3 -m pytest tests/test_cuda_sdpa.py tests/test_cuda_espnet.py tests/test_cuda_decoder.py tests/test_dot_product.py -q \
+  -p no:cacheprovider \
   2>&1 | tee "$OUT/tests.log" | tail -25
 [ "$what" = tests ] && exit 0
 

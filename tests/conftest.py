@@ -3,6 +3,8 @@ import pytest
 
 import attnkit
 from attnkit import _core
+from attnkit._linear import linear
+from attnkit.espnet._kernels import fused_additive_step
 
 # Every compiled ISA this CPU can run, plus the 'wide16' test build (AVX-512 tile geometry in
 # AVX2 code) where AVX2 exists, so the AVX-512 kernels' logic is tested on any x86-64 machine.
@@ -59,3 +61,25 @@ def lib(monkeypatch):
     import gpu_standin
 
     return gpu_standin.install(monkeypatch)
+
+
+@pytest.fixture
+def kernel_on_cpu(lib, monkeypatch):
+    """The GPU kernel entry replaced by the CPU kernel on the stand-in's arrays (the capsules are
+    the arrays themselves), recording the calls."""
+    calls = []
+
+    def fake(P, values, lengths, rows, dec_z, w_dec, att_in, conv_w, proj, loc_bias, gvec, scaling, ctx, w, peak,
+             scratch, query, stream):
+        assert scratch.a.shape == w.a.shape and scratch.a.dtype == w.a.dtype and isinstance(stream, int)
+        assert peak.a.dtype == np.int64 and query.a.shape == (w.a.shape[0], P.a.shape[2])
+        calls.append(stream)
+        arg = lambda x: None if x is None else x.a  # noqa: E731
+        query.a[...] = linear(dec_z.a, w_dec.a)  # the CPU path's query projection
+        fused_additive_step(arg(P), arg(values), arg(lengths), arg(rows), query.a, arg(att_in), arg(conv_w),
+                            arg(proj), arg(loc_bias), arg(gvec), scaling, arg(ctx), arg(w))
+        peak.a[...] = w.a.argmax(axis=-1)
+
+    monkeypatch.setattr(lib, "capsule", lambda x: x)
+    monkeypatch.setattr(_core, "additive_step_cuda", fake)
+    return calls

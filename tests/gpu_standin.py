@@ -14,8 +14,42 @@ _get_pointer.restype, _get_pointer.argtypes = ctypes.c_void_p, [ctypes.py_object
 KDL_CUDA = 2
 
 
+def _unwrap(x):
+    """The NumPy array behind a StandInArray (recursing into lists and tuples). A NumPy array
+    mixed into device arithmetic is a TypeError, as in CuPy."""
+    if isinstance(x, StandInArray):
+        return x.a
+    if isinstance(x, np.ndarray):
+        raise TypeError(f"a host numpy array mixed with stand-in GPU arrays: shape {x.shape}")
+    if isinstance(x, (list, tuple)):
+        return type(x)(_unwrap(v) for v in x)
+    return x
+
+
+def _wrap(x):
+    """NumPy results as StandInArrays; scalars become 0-d arrays (CuPy's reductions return those)."""
+    if isinstance(x, (np.ndarray, np.generic)):
+        return StandInArray(np.asarray(x))
+    if isinstance(x, tuple):
+        return tuple(_wrap(v) for v in x)
+    return x
+
+
+def _index(index):
+    """An index with StandInArrays in it as NumPy's (host integer arrays are allowed, as in CuPy)."""
+    if isinstance(index, tuple):
+        return tuple(_index(i) for i in index)
+    return index.a if isinstance(index, StandInArray) else index
+
+
 class StandInArray:
-    """A NumPy array dressed as a GPU array of device 0."""
+    """A NumPy array dressed as a GPU array of device 0, with CuPy's array API over it: operators,
+    indexing and the methods the decoder loop uses return StandInArrays, a NumPy array in device
+    arithmetic is a TypeError, and implicit conversion to NumPy is refused. Every read back to
+    the host (bool(), int(), float(), .get(), xp.asnumpy) adds 1 to ``StandInArray.host_reads``."""
+
+    host_reads = 0
+    __hash__ = None
 
     def __init__(self, a):
         self.a = a
@@ -23,22 +57,92 @@ class StandInArray:
     shape = property(lambda self: self.a.shape)
     ndim = property(lambda self: self.a.ndim)
     dtype = property(lambda self: self.a.dtype)
+    size = property(lambda self: self.a.size)
+    T = property(lambda self: StandInArray(self.a.T))
 
     @property
     def __cuda_array_interface__(self):
         return {"shape": self.a.shape, "typestr": self.a.dtype.str, "data": (self.a.ctypes.data, False), "version": 3}
 
-    def __getitem__(self, index):
-        return StandInArray(self.a[index])
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion of a stand-in GPU array to a NumPy array is not allowed (as CuPy)")
 
-    def __add__(self, other):
-        return StandInArray(self.a + other.a)
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if "out" in kwargs:
+            kwargs["out"] = tuple(_unwrap(o) for o in kwargs["out"])
+        with np.errstate(all="ignore"):  # CuPy does not warn about inf - inf and the like
+            return _wrap(getattr(ufunc, method)(*(_unwrap(x) for x in inputs), **kwargs))
+
+    def __getitem__(self, index):
+        return StandInArray(self.a[_index(index)])
+
+    def __setitem__(self, index, value):
+        self.a[_index(index)] = _unwrap(value)
+
+    def __len__(self):
+        return len(self.a)
+
+    def _read(self):
+        StandInArray.host_reads += 1
+        return self.a
+
+    def __bool__(self):
+        return bool(self._read())
+
+    def __int__(self):
+        return int(self._read())
+
+    def __float__(self):
+        return float(self._read())
+
+    def get(self):
+        return np.array(self._read())
+
+    def __getattr__(self, name):
+        if name not in _METHODS:
+            raise AttributeError(name)
+        method = getattr(self.a, name)
+        return lambda *args, **kwargs: _wrap(method(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+
+
+_METHODS = {"reshape", "astype", "max", "min", "sum", "any", "all", "argmax", "argmin", "copy", "transpose", "ravel"}
+_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "truediv": np.true_divide,
+           "floordiv": np.floor_divide, "mod": np.remainder, "pow": np.power, "matmul": np.matmul,
+           "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor}
+for _name, _ufunc in _BINARY.items():
+    setattr(StandInArray, f"__{_name}__", lambda self, other, f=_ufunc: f(self, other))
+    setattr(StandInArray, f"__r{_name}__", lambda self, other, f=_ufunc: f(other, self))
+for _name, _ufunc in {"eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
+                      "ge": np.greater_equal}.items():
+    setattr(StandInArray, f"__{_name}__", lambda self, other, f=_ufunc: f(self, other))
+for _name, _ufunc in {"neg": np.negative, "invert": np.invert, "abs": np.absolute}.items():
+    setattr(StandInArray, f"__{_name}__", lambda self, f=_ufunc: f(self))
+
+
+class StandInXp:
+    """The stand-in's ``cupy`` module: NumPy's functions over StandInArrays; ``asarray`` copies
+    host data in, ``asnumpy`` reads it back (counted in ``StandInArray.host_reads``)."""
+
+    @staticmethod
+    def asarray(x, dtype=None):
+        return StandInArray(np.array(x.a if isinstance(x, StandInArray) else x, dtype=dtype))
+
+    @staticmethod
+    def asnumpy(x):
+        return np.array(x._read())
+
+    def __getattr__(self, name):
+        f = getattr(np, name)
+        if isinstance(f, type) or not callable(f):
+            return f
+        return lambda *args, **kwargs: _wrap(f(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
 
 
 class StandInLibrary:
     """The adapter interface of attnkit._cuda (_CuPy, _Torch), over NumPy."""
 
     name = "standin"
+    xp = StandInXp()
 
     def __init__(self):
         self.capsule_streams = []

@@ -15,8 +15,6 @@ import attnkit
 import attnkit.espnet as ae
 from attnkit import _core
 from attnkit.espnet import CoverageState
-from attnkit._linear import linear
-from attnkit.espnet._kernels import fused_additive_step
 from conftest import assert_close
 from gpu_standin import StandInArray
 
@@ -52,28 +50,6 @@ def state_on(state):
 
 def state_host(state):
     return CoverageState(state.total.a) if isinstance(state, CoverageState) else state.a
-
-
-@pytest.fixture
-def kernel_on_cpu(lib, monkeypatch):
-    """The GPU kernel entry replaced by the CPU kernel on the stand-in's arrays (the capsules are
-    the arrays themselves), recording the calls."""
-    calls = []
-
-    def fake(P, values, lengths, rows, dec_z, w_dec, att_in, conv_w, proj, loc_bias, gvec, scaling, ctx, w, peak,
-             scratch, query, stream):
-        assert scratch.a.shape == w.a.shape and scratch.a.dtype == w.a.dtype and isinstance(stream, int)
-        assert peak.a.dtype == np.int64 and query.a.shape == (w.a.shape[0], P.a.shape[2])
-        calls.append(stream)
-        arg = lambda x: None if x is None else x.a  # noqa: E731
-        query.a[...] = linear(dec_z.a, w_dec.a)  # the CPU path's query projection
-        fused_additive_step(arg(P), arg(values), arg(lengths), arg(rows), query.a, arg(att_in), arg(conv_w),
-                            arg(proj), arg(loc_bias), arg(gvec), scaling, arg(ctx), arg(w))
-        peak.a[...] = w.a.argmax(axis=-1)
-
-    monkeypatch.setattr(lib, "capsule", lambda x: x)
-    monkeypatch.setattr(_core, "additive_step_cuda", fake)
-    return calls
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -248,7 +224,7 @@ def test_the_binding_rechecks_what_the_kernel_relies_on(lib, rng, case, error, p
     cap = lib.capsule
     with pytest.raises(error, match=f"^additive attention step: {pattern}"):
         _core.additive_step_cuda(cap(P), cap(values), cap(lengths), cap(rows), cap(dec_z), cap(w_dec),
-                                 cap(att_in) if att_in else None, None, None, None, cap(f32(A)), 2.0, cap(ctx),
+                                 cap(att_in) if att_in is not None else None, None, None, None, cap(f32(A)), 2.0, cap(ctx),
                                  cap(w), cap(peak), cap(scratch), cap(query), 0)
 
 

@@ -38,6 +38,11 @@ class PackedWeight:
         panels.flags.writeable = False
         self.shape, self.dtype, self.panels = (A, K), weight.dtype, panels
 
+    def unpacked(self) -> np.ndarray:
+        """The weight ``[A, K]`` again (a new array), e.g. to copy it to a GPU."""
+        n, K, P = self.panels.shape
+        return np.ascontiguousarray(self.panels.transpose(0, 2, 1).reshape(n * P, K)[:self.shape[0]])
+
     def __repr__(self) -> str:
         return f"PackedWeight(shape={self.shape}, dtype={self.dtype})"
 

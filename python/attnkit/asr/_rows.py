@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from attnkit._arrays import describe
+from attnkit._arrays import describe, is_device_array
 
 
 def row_index(op: str, name: str, index, n_rows: int) -> np.ndarray:
@@ -25,11 +25,12 @@ def row_index(op: str, name: str, index, n_rows: int) -> np.ndarray:
 
 
 def select_rows(state: Any, index: np.ndarray) -> Any:
-    """The same structure with every array replaced by ``array[index]`` (rows reordered)."""
+    """The same structure with every array replaced by ``array[index]`` (rows reordered); NumPy or
+    GPU arrays (then ``index`` is a GPU array of the same library)."""
     if state is None:
         return None
-    if isinstance(state, np.ndarray):
-        return state[index]
+    if isinstance(state, np.ndarray) or is_device_array(state):
+        return state[index]  # a GPU state takes a GPU index
     if isinstance(state, tuple):
         items = [select_rows(v, index) for v in state]
         return type(state)(*items) if hasattr(state, "_fields") else tuple(items)

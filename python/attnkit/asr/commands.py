@@ -23,8 +23,10 @@ def _recognizer(args):
     from attnkit.asr.recognizer import Recognizer
 
     if args.device == "cuda":
-        raise SystemExit("attnkit: --device cuda: GPU decoding is not available yet (the CUDA kernels have not "
-                         "been built and verified on a GPU); use --device cpu")
+        raise SystemExit("attnkit: --device cuda: GPU decoding is not available yet in the command line (the "
+                         "encoder and CTC scoring run on the CPU only, and the GPU code has not been verified on a "
+                         "GPU; from Python, greedy_search / batch_beam_search take a CuPy encoder output); use "
+                         "--device cpu")
     return Recognizer(args.model, beam=args.beam, ctc_weight=args.ctc_weight, penalty=args.penalty)
 
 

@@ -265,6 +265,14 @@ class RNNDecoder:
             raise ValueError(f"{op}: trans_token is only for GDCAttLoc, got one for {type(self.attention).__name__}")
         return DecoderPrepared(prepared, trans_token)
 
+    def on_device(self, like):
+        """This decoder's step on the GPU that holds CuPy array ``like``: an
+        ``attnkit.asr.device.DeviceDecoder`` with the weights copied there, made once per device
+        (``greedy_search`` and ``batch_beam_search`` use it for CuPy encoder outputs)."""
+        from attnkit.asr import device  # it builds on this module
+
+        return device.on_device(self, like)
+
     def _rows(self, op: str, prepared, rows, n: int | None = None) -> np.ndarray:
         if not isinstance(prepared, DecoderPrepared):
             raise TypeError(f"{op}: prepared must be the DecoderPrepared returned by RNNDecoder.prepare(), "

@@ -41,22 +41,23 @@ def lstm_cell(x, h, c, weight_ih, weight_hh, bias_ih=None, bias_hh=None, gates_x
     return lstm_from_gates(gates, c)
 
 
-def lstm_from_gates(gates, c):
+def lstm_from_gates(gates, c, gate_scale=None):
     """The LSTM cell's update from its summed gate pre-activations ``[N, 4H]`` (input and recurrent
     products and both biases): returns (h', c'). For callers that compute the products their own way
-    (the decoder does both of its first cell's in one product)."""
+    (the decoder does both of its first cell's in one product). Runs on CuPy arrays too, given
+    ``gate_scale`` (``lstm_gate_scale``) on their device."""
     H = c.shape[1]
     # One tanh for all four gates: tanh(x/2) for i, f, o (sigmoid(x) = 0.5 tanh(x/2) + 0.5, the
     # same numbers as ``sigmoid``) and tanh(x) for g. At decoder/encoder sizes the cost is the
     # number of NumPy calls, not the arithmetic.
-    t = np.tanh(gates * _lstm_gate_scale(H, gates.dtype))
+    t = np.tanh(gates * (lstm_gate_scale(H, gates.dtype) if gate_scale is None else gate_scale))
     s = 0.5 * t + 0.5
     c_new = s[:, H:2 * H] * c + s[:, :H] * t[:, 2 * H:3 * H]
     return s[:, 3 * H:] * np.tanh(c_new), c_new
 
 
 @functools.lru_cache(maxsize=None)
-def _lstm_gate_scale(hidden: int, dtype) -> np.ndarray:
+def lstm_gate_scale(hidden: int, dtype) -> np.ndarray:
     """[4H]: 0.5 on the i, f, o gates, 1 on g."""
     scale = np.full(4 * hidden, 0.5, dtype)
     scale[2 * hidden:3 * hidden] = 1
@@ -67,7 +68,12 @@ def _lstm_gate_scale(hidden: int, dtype) -> np.ndarray:
 def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, gates_x=None):
     """One ``torch.nn.GRUCell`` step: returns h'. ``gates_x`` as in ``lstm_cell`` ``[N, 3H]``."""
     gx = linear(x, weight_ih, bias_ih) if gates_x is None else gates_x
-    gh = linear(h, weight_hh, bias_hh)
+    return gru_from_gates(gx, linear(h, weight_hh, bias_hh), h)
+
+
+def gru_from_gates(gx, gh, h):
+    """The GRU cell's update from its input and recurrent products ``[N, 3H]`` (each with its
+    bias): returns h'. Runs on CuPy arrays too."""
     H = h.shape[1]
     r = sigmoid(gx[:, :H] + gh[:, :H])
     z = sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])

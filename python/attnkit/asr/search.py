@@ -19,7 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from attnkit._arrays import describe, lengths_array
+from attnkit._arrays import describe, is_device_array, lengths_array
+from attnkit._core import UnsupportedError
+from attnkit.asr import device
 from attnkit.asr.ctc_prefix import LOGZERO, CTCPrefixScore, CTCPrefixScoreBatch
 from attnkit.asr.decoder import DecoderPrepared, RNNDecoder
 from attnkit.espnet._base import CoverageState, LocRecState, uniform_weights
@@ -218,6 +220,9 @@ def _ctc_input(op: str, ctc_logp, options: SearchOptions, decoder: RNNDecoder, s
 
 
 def _encoder(op: str, enc, ndim: int, decoder: RNNDecoder) -> np.ndarray:
+    if is_device_array(enc):
+        raise UnsupportedError(f"{op}: enc is a GPU array, but {op} runs on the CPU only so far (on the GPU: "
+                               f"greedy_search and batch_beam_search), got {describe(enc)}")
     if not isinstance(enc, np.ndarray):
         raise TypeError(f"{op}: enc must be a numpy.ndarray, got {describe(enc)}")
     if enc.ndim != ndim or enc.shape[-1] != decoder.eprojs:
@@ -270,12 +275,17 @@ def greedy_search(decoder: RNNDecoder, enc, lengths=None, *, maxlenratio: float 
     ``beam_search`` with beam 1 (which it equals, without CTC and LM). Finished rows leave the
     batch. Padded frames are zeroed first (as the batched search). trans_token ``[B, T]``: for a
     GDCAttLoc decoder only. Returns one Hypothesis per utterance (empty, with a warning, for a
-    length-0 utterance).
+    length-0 utterance). With ``enc`` a CuPy array the loop runs on its GPU (attnkit.asr.device;
+    attention AttAdd, AttLoc, AttCov or AttCovLoc), the hypotheses come back as host arrays.
     """
     op = "greedy_search"
     decoder = _check_decoder(op, decoder)
-    enc = _encoder(op, enc, 3, decoder)
     opts = SearchOptions(maxlenratio=maxlenratio, penalty=penalty)
+    if is_device_array(enc):
+        if trans_token is not None:
+            raise UnsupportedError(f"{op}: trans_token (GDCAttLoc) runs on the CPU only so far, got one with a GPU enc")
+        return device.greedy_search(decoder, enc, lengths, opts.maxlenratio, opts.penalty)
+    enc = _encoder(op, enc, 3, decoder)
     sub, lens, tau, keep = _padded_batch(op, enc, lengths, trans_token)
     results = [_empty_hypothesis(decoder, 0) for _ in range(enc.shape[0])]
     if sub is None:
@@ -429,13 +439,21 @@ def batch_beam_search(decoder: RNNDecoder, enc, lengths, *, ctc_logp=None, lm=No
     length, and the last step ends the running hypotheses; scores of exactly 0 are skipped; end
     detection regardless of maxlenratio; utterances with nothing ended get [sos, eos] with -inf;
     ``normalize_score`` divides by len(yseq) (ESPnet's E2E passes ctc_weight == 0). Returns the
-    ``nbest`` best hypotheses per utterance (an empty one, with a warning, for length 0).
+    ``nbest`` best hypotheses per utterance (an empty one, with a warning, for length 0). With
+    ``enc`` a CuPy array the search runs on its GPU (attnkit.asr.device), without CTC and LM so far.
     """
     op = "batch_beam_search"
     decoder = _check_decoder(op, decoder)
     options = _check_options(op, options)
-    enc = _encoder(op, enc, 3, decoder)
     lm = _check_lm(op, lm, decoder)
+    if is_device_array(enc):
+        for name, given in (("lm", lm is not None), ("ctc_weight > 0", options.ctc_weight > 0),
+                            ("trans_token", trans_token is not None)):
+            if given:
+                raise UnsupportedError(f"{op}: {name} runs on the CPU only so far, got it with a GPU enc (on the "
+                                       f"GPU: attention-only search)")
+        return device.batch_beam_search(decoder, enc, lengths, options, bool(normalize_score))
+    enc = _encoder(op, enc, 3, decoder)
     x = _ctc_input(op, ctc_logp, options, decoder, enc.shape[:2] + (decoder.vocab_size,))
     sub, lens, tau, keep = _padded_batch(op, enc, lengths, trans_token)
     results = [[_empty_hypothesis(decoder, 0)] for _ in range(enc.shape[0])]

@@ -1,0 +1,306 @@
+"""The decoder loop on the GPU: ESPnet's RNN decoder step, greedy search and batched beam search
+on CuPy arrays, with no host round trip per step but the end-of-search check.
+
+``DeviceDecoder`` holds a copy of an ``RNNDecoder``'s weights on one GPU (``decoder.on_device(like)``
+makes it once per device) and mirrors its ``prepare`` / ``init_state`` / ``step`` / ``select`` on
+arrays of that device: the attention in attnkit's CUDA step (AttAdd, AttLoc, AttCov, AttCovLoc),
+the embedding as a row gather of the tabulated cell-0 gates, the cells and the output layer as
+CuPy products (cuBLAS) and elementwise kernels, the same formulas as the CPU decoder.
+
+``greedy_search`` and ``batch_beam_search`` (attnkit.asr.search) come here when ``enc`` is a CuPy
+array. Tokens, scores, back-pointers, attention weights and ESPnet's ended-hypothesis bookkeeping
+(scores by length for ``end_detect``) stay on the device; each step the host reads one flag (has
+every utterance ended?), and the results come back in one copy at the end, where they are built
+by the CPU search's own code (``_Ended``, ``_Alignment``), so ranking, n-best and score
+normalisation are the CPU's. Rows are not dropped as utterances stop (that would need the host
+to know which): ESPnet also runs them to the end, and a stopped utterance records nothing more.
+Not on the GPU yet: CTC prefix scoring, the LM, the attention window.
+
+Not yet run on a GPU (none has been lent to this project so far): tests/test_cuda_glue_decoder.py
+runs these loops on a NumPy stand-in for CuPy, through the GPU plumbing, against the CPU searches.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from attnkit._arrays import describe, is_device_array, lengths_array
+from attnkit._core import UnsupportedError
+from attnkit._cuda import GpuCall
+from attnkit.asr._rows import select_rows
+from attnkit.asr.decoder import DecoderPrepared, DecoderState, RNNDecoder, log_softmax
+from attnkit.asr.rnn import gru_from_gates, lstm_from_gates, lstm_gate_scale
+from attnkit.espnet._device import GPU_CLASSES
+
+
+def on_device(decoder: RNNDecoder, like) -> "DeviceDecoder":
+    """``decoder``'s DeviceDecoder for the GPU of CuPy array ``like``, made once per device."""
+    call = GpuCall("RNNDecoder.on_device", {"like": like})
+    cache = decoder.__dict__.setdefault("_on_device", {})
+    key = (call.lib.name, call.device)
+    if key not in cache:
+        cache[key] = DeviceDecoder(decoder, call)
+    return cache[key]
+
+
+class DeviceDecoder:
+    """An ``RNNDecoder``'s step on one GPU (see the module docstring); made by
+    ``RNNDecoder.on_device(like)``. tokens and states are arrays of that device; ``rows`` (the
+    utterance of each row) stays a host array, as the attention's."""
+
+    def __init__(self, decoder: RNNDecoder, call: GpuCall):
+        op = call.op
+        xp = getattr(call.lib, "xp", None)
+        if xp is None:
+            raise UnsupportedError(f"{op}: like must be a CuPy array (the decoder loop runs on CuPy arrays), "
+                                   f"got a {call.lib.name} array")
+        name = type(decoder.attention).__name__
+        if name not in GPU_CLASSES:
+            raise UnsupportedError(f"{op}: the decoder's attention {name} runs on the CPU only so far "
+                                   f"(GPU steps: {', '.join(GPU_CLASSES)})")
+        self.decoder, self.xp, self.device = decoder, xp, call.device
+        self.lstm = decoder.rnn_type == "lstm"
+        with call:
+            up = lambda a: xp.asarray(np.ascontiguousarray(a))  # noqa: E731
+            self._token_gates = up(decoder._token_gates)
+            # Products as x @ W^T with W^T stored contiguous ([K, A]), cuBLAS's preferred layout.
+            self._w_cell0 = up(decoder._w_cell0.unpacked().T)
+            self._cells = [{"w_ih": up(c["w_ih"].unpacked().T), "w_hh": up(c["w_hh"].unpacked().T),
+                            "b_ih": up(c["b_ih"]), "b_hh": up(c["b_hh"])} for c in decoder._cells]
+            self._w_out, self._b_out = up(decoder._w_out.unpacked().T), up(decoder._b_out)
+            self._gate_scale = up(lstm_gate_scale(decoder.dunits, decoder.dtype)) if self.lstm else None
+
+    def prepare(self, enc, lengths) -> DecoderPrepared:
+        """The attention's cache of enc ``[B, T, E]`` (a GPU array) on the device; lengths on the host."""
+        return DecoderPrepared(self.decoder.attention.prepare(enc, lengths))
+
+    def init_state(self, prepared: DecoderPrepared, rows: np.ndarray) -> DecoderState:
+        d, xp = self.decoder, self.xp
+        n = rows.shape[0]
+        zeros = tuple(xp.zeros((n, d.dunits), d.dtype) for _ in range(d.dlayers))
+        c = tuple(xp.zeros((n, d.dunits), d.dtype) for _ in range(d.dlayers)) if self.lstm else None
+        return DecoderState(zeros, c, d.attention.initial_state(prepared.attention, rows))
+
+    def select(self, state: DecoderState, index) -> DecoderState:
+        """The state of rows ``index`` (a GPU int64 array)."""
+        return select_rows(state, index)
+
+    def step(self, prepared: DecoderPrepared, tokens, state: DecoderState, rows: np.ndarray):
+        """``RNNDecoder.step`` on the device: tokens ``[N]`` int64 on the device, rows ``[N]`` on the
+        host. Returns (logp ``[N, V]``, new state, the attention's output), all on the device."""
+        d, xp = self.decoder, self.xp
+        out = d.attention.step(prepared.attention, state.h[0], state.attention, rows=rows)
+        # Cell 0's gates: the tabulated [E[y] W_emb^T + b_ih] rows plus [ctx; h0] [W_ctx | W_hh]^T
+        # + b_hh (LSTM), or ctx W_ctx^T (GRU, whose recurrent part stays apart), as on the CPU.
+        if self.lstm:
+            gates0 = self._token_gates[tokens] + (xp.concatenate([out.context, state.h[0]], axis=1) @ self._w_cell0
+                                                  + self._cells[0]["b_hh"])
+        else:
+            gates0 = self._token_gates[tokens] + out.context @ self._w_cell0
+        h, c, x = [], [], None
+        for layer, p in enumerate(self._cells):
+            if self.lstm:
+                gates = gates0 if layer == 0 else (state.h[layer] @ p["w_hh"] + p["b_hh"]) + (x @ p["w_ih"] + p["b_ih"])
+                hl, cl = lstm_from_gates(gates, state.c[layer], self._gate_scale)
+                c.append(cl)
+            else:
+                gx = gates0 if layer == 0 else x @ p["w_ih"] + p["b_ih"]
+                hl = gru_from_gates(gx, state.h[layer] @ p["w_hh"] + p["b_hh"], state.h[layer])
+            h.append(hl)
+            x = hl
+        top = xp.concatenate([h[-1], out.context], axis=1) if d.context_residual else h[-1]
+        logp = log_softmax(top @ self._w_out + self._b_out)
+        return logp, DecoderState(tuple(h), tuple(c) if self.lstm else None, out.state), out
+
+
+def _host(xp, x) -> np.ndarray:
+    """A device array copied to the host (waits for the stream)."""
+    return xp.asnumpy(x)
+
+
+def _device_batch(op: str, dd: DeviceDecoder, enc, lengths):
+    """The device twin of search._padded_batch: (enc of the utterances with frames, padded frames
+    zeroed, cut to their longest; their lengths on the host; their indices)."""
+    if not is_device_array(enc):
+        raise TypeError(f"{op}: enc must be a GPU array, got {describe(enc)}")
+    d, xp = dd.decoder, dd.xp
+    if enc.ndim != 3 or enc.shape[-1] != d.eprojs:
+        raise ValueError(f"{op}: enc must be [B, T, E] with E = eprojs = {d.eprojs}, got shape {tuple(enc.shape)}")
+    if enc.dtype != d.dtype:
+        raise TypeError(f"{op}: enc must have the decoder's dtype {d.dtype}, got {enc.dtype}")
+    B, T, _ = enc.shape
+    lengths = lengths_array(op, "lengths", np.full(B, T) if lengths is None else lengths, B, T, "T")
+    keep = np.flatnonzero(lengths > 0)
+    if keep.size < B:
+        warnings.warn(f"{op}: utterance(s) {np.flatnonzero(lengths == 0).tolist()} have no encoder frames; "
+                      f"they get an empty hypothesis", stacklevel=3)
+    if keep.size == 0:
+        return None, lengths, keep
+    lens = lengths[keep]
+    t_max = int(lens.max())
+    sub = enc[xp.asarray(keep)][:, :t_max]
+    padded = xp.arange(t_max)[None, :] >= xp.asarray(lens)[:, None]
+    sub = xp.where(padded[:, :, None], xp.zeros((), sub.dtype), sub)  # ESPnet's mask_by_length
+    return sub, lens, keep
+
+
+def greedy_search(decoder: RNNDecoder, enc, lengths, maxlenratio: float, penalty: float):
+    """``search.greedy_search`` on the device (its checks of the options done by the caller)."""
+    from attnkit.asr.search import _empty_hypothesis, _hypothesis, _max_length
+
+    op = "greedy_search"
+    dd = decoder.on_device(enc)
+    xp, eos = dd.xp, decoder.eos
+    sub, lens, keep = _device_batch(op, dd, enc, lengths)
+    results = [_empty_hypothesis(decoder, 0) for _ in range(enc.shape[0])]
+    if sub is None:
+        return results
+    prepared = dd.prepare(sub, lens)
+    n = keep.size
+    rows = np.arange(n)
+    maxlen = np.array([_max_length(maxlenratio, int(m)) for m in lens])
+    maxlen_dev = xp.asarray(maxlen)
+    state = dd.init_state(prepared, rows)
+    tokens = xp.full(n, decoder.sos, np.int64)
+    score = xp.zeros(n, decoder.dtype)
+    finished = xp.zeros(n, bool)
+    last = xp.zeros(n, np.int64)  # the step at which each row ended
+    every = xp.arange(n)
+    toks, scores, weights, peaks = [], [], [], []
+    for i in range(int(maxlen.max())):
+        logp, state, att = dd.step(prepared, tokens, state, rows)
+        tokens = logp.argmax(axis=1)
+        score = score + logp[every, tokens]
+        toks.append(tokens)
+        scores.append(score)
+        weights.append(att.weights)
+        peaks.append(att.peak)
+        done = (tokens == eos) | (maxlen_dev - 1 == i)
+        last = xp.where(done & ~finished, i, last)
+        finished = finished | done
+        if _host(xp, finished.all()):
+            break
+    toks_h, scores_h, last_h = _host(xp, xp.stack(toks)), _host(xp, xp.stack(scores)), _host(xp, last)
+    weights_h, peaks_h = _host(xp, xp.stack(weights)), _host(xp, xp.stack(peaks))
+    for m in range(n):
+        e = int(last_h[m])
+        y = np.concatenate([[decoder.sos], toks_h[:e + 1, m]]).astype(np.int64)
+        if e == maxlen[m] - 1:  # forced to end: eos appended without a score (even after an eos)
+            y = np.append(y, eos)
+        results[keep[m]] = _hypothesis(y, scores_h[e, m] + (e + 1) * penalty, eos, int(lens[m]),
+                                       weights_h[:e + 1, m], peaks_h[:e + 1, m])
+    return results
+
+
+def batch_beam_search(decoder: RNNDecoder, enc, lengths, options, normalize: bool):
+    """``search.batch_beam_search`` on the device, without CTC and LM (checked by the caller)."""
+    from attnkit.asr.ctc_prefix import LOGZERO
+    from attnkit.asr.search import END_DETECT_MARGIN, END_DETECT_STEPS, _Alignment, _Ended, _empty_hypothesis, \
+        _max_length
+
+    op = "batch_beam_search"
+    dd = decoder.on_device(enc)
+    xp, eos, V, beam = dd.xp, decoder.eos, decoder.vocab_size, options.beam_size
+    sub, lens, keep = _device_batch(op, dd, enc, lengths)
+    results = [[_empty_hypothesis(decoder, 0)] for _ in range(enc.shape[0])]
+    if sub is None:
+        return results
+    prepared = dd.prepare(sub, lens)
+    B = keep.size
+    max_hlen = int(lens.max())
+    maxlen = _max_length(options.maxlenratio, max_hlen)
+    minlen = int(options.minlenratio * max_hlen)
+    rows = np.repeat(np.arange(B), beam)  # row j * beam + k -> utterance j, for the whole search
+    lens_dev = xp.asarray(lens)[:, None]
+    base = xp.asarray(np.arange(B) * beam)[:, None]
+    state = dd.init_state(prepared, rows)
+    vscores = xp.zeros((B, beam), decoder.dtype)
+    last = xp.full(B * beam, decoder.sos, np.int64)
+    stop = xp.zeros(B, bool)
+    # end_detect's bookkeeping: the best ended score per utterance, and per yseq length (eos
+    # included: i + 2 for an eos taken at step i, i + 3 for a hypothesis ended by the last step).
+    best = xp.full(B, -np.inf, decoder.dtype)
+    best_len = xp.full((B, maxlen + 3), -np.inf, decoder.dtype)
+    has_len = xp.zeros((B, maxlen + 3), bool)
+    steps = []  # per step: src, label, weights, peak, and (ended score, ended mask, from eos) or None
+    for i in range(maxlen):
+        logp, new_state, att = dd.step(prepared, last, state, rows)
+        local = logp.reshape(B, beam, V)
+        if i == 0:
+            local = xp.concatenate([local[:, :1], xp.full_like(local[:, 1:], LOGZERO)], axis=1)
+        eos_v = local[:, :, eos] + vscores
+        cand = vscores[:, :, None] + local
+        cand[:, :, eos] = local[:, :, eos] + cand.dtype.type(LOGZERO)  # eos never stays in the beam
+        cand = cand.reshape(B, beam * V)
+        best_ids = xp.argsort(-cand, axis=1, kind="stable")[:, :beam]
+        top = xp.take_along_axis(cand, best_ids, axis=1)
+        src = (best_ids // V + base).reshape(-1)
+        label = (best_ids % V).reshape(-1)
+        ended = None
+        if i >= minlen:
+            above = eos_v > top[:, -1:]
+            live = ~stop[:, None]
+            from_eos = above & live & (i + 1 <= lens_dev)
+            at_end = ~above & live & (i == maxlen - 1)
+            s = xp.where(from_eos, eos_v, top) + (i + 1) * options.penalty
+            mask = (from_eos | at_end) & (s != 0)  # ESPnet's ``if _vscore:`` drops a score of exactly 0
+            ended = (s, mask, from_eos)
+            found = xp.where(mask, s, -np.inf)
+            best = xp.maximum(best, found.max(axis=1))
+            for length, which in ((i + 2, from_eos), (i + 3, ~from_eos)):
+                here = xp.where(which, found, -np.inf).max(axis=1)
+                best_len[:, length] = xp.maximum(best_len[:, length], here)
+                has_len[:, length] = has_len[:, length] | (mask & which).any(axis=1)
+        steps.append((src, label, att.weights, att.peak, ended))
+        if i >= END_DETECT_STEPS - 1:
+            recent = slice(i - END_DETECT_STEPS + 1, i + 1)  # yseq lengths i - 2 .. i
+            near = has_len[:, recent] & (best_len[:, recent] - best[:, None] < END_DETECT_MARGIN)
+            stop = stop | near.all(axis=1)
+        if _host(xp, stop.all()):
+            break
+        state, vscores, last = dd.select(new_state, src), top, label
+    return _beam_results(decoder, steps, B, beam, lens, keep, results, options, normalize, xp)
+
+
+def _beam_results(decoder, steps, B, beam, lens, keep, results, options, normalize, xp):
+    """The hypotheses, built on the host from the device's per-step records (one copy of each),
+    in the CPU search's order of ended entries (step, then utterance and beam slot)."""
+    from attnkit.asr.search import _Alignment, _Ended, _empty_hypothesis
+
+    eos = decoder.eos
+    src = _host(xp, xp.stack([s[0] for s in steps]))      # [S, B*beam]
+    label = _host(xp, xp.stack([s[1] for s in steps]))
+    weights = _host(xp, xp.stack([s[2] for s in steps]))  # [S, B*beam, T] (or [S, B*beam, H, T])
+    peaks = _host(xp, xp.stack([s[3] for s in steps]))
+    logged = [i for i, s in enumerate(steps) if s[4] is not None]
+    if logged:
+        scores = _host(xp, xp.stack([steps[i][4][0] for i in logged]))
+        masks = _host(xp, xp.stack([steps[i][4][1] for i in logged]))
+        from_eos = _host(xp, xp.stack([steps[i][4][2] for i in logged]))
+    alignment = _Alignment()
+    for i in range(len(steps)):
+        alignment.push(weights[i], peaks[i], None if i == 0 else src[i - 1])
+
+    def yseq(step: int, row: int) -> list[int]:
+        """The tokens of ``row`` after ``step``'s selection (step -1: just sos)."""
+        out = []
+        for s in range(step, -1, -1):
+            out.append(int(label[s, row]))
+            row = int(src[s, row])
+        return [decoder.sos] + out[::-1]
+
+    ended = [_Ended() for _ in range(B)]
+    for n, i in enumerate(logged):
+        for j, k in np.argwhere(masks[n]):
+            r = j * beam + k
+            if from_eos[n, j, k]:
+                y, row = yseq(i - 1, r), r
+            else:
+                y, row = yseq(i, r), int(src[i, r])
+            ended[j].add(scores[n, j, k], np.array(y + [eos], np.int64), i, row)
+    for j, e in enumerate(ended):
+        frames = int(lens[j])
+        results[keep[j]] = (e.results(options.nbest, alignment, eos, normalize, frames) if e.entries
+                            else [_empty_hypothesis(decoder, frames)])
+    return results

@@ -1,0 +1,206 @@
+"""The decoder loop on the GPU (attnkit.asr.device) on any machine: the searches run on the
+stand-in GPU library of gpu_standin.py, whose arrays behave as CuPy's (a host array in device
+arithmetic is an error, implicit conversion is refused, every read back to the host is counted),
+with the attention's kernel entry running the CPU kernel (conftest's ``kernel_on_cpu``).
+
+- greedy and batched beam search on the device give the CPU searches' hypotheses: tokens, yseq,
+  scores, alignments and peaks, with padded batches, empty utterances, n-best, penalty, min/max
+  length ratios, end detection, LSTM and GRU cells, several layers, context_residual;
+- the host reads one flag per step, plus the results once at the end;
+- what the GPU loop does not run yet is a typed error, and a real launch with no GPU fails typed.
+The CUDA kernels under it are tested on a GPU by test_cuda_espnet.py.
+"""
+import numpy as np
+import pytest
+
+import attnkit
+from attnkit import _core
+from attnkit.asr.decoder import RNNDecoder
+from attnkit.asr.search import SearchOptions, batch_beam_search, beam_search, greedy_search
+from gpu_standin import StandInArray
+from test_asr_search import ATT_ARGS, DZ, E, EOS, V, inputs, toy_decoder, toy_lm
+
+import attnkit.espnet as ek
+
+pytestmark = pytest.mark.skipif(_core.cuda_device_count()[0] > 0,
+                                reason="a real GPU is here: the stand-in would shadow it")
+
+GPU_ATTENTIONS = ["AttAdd", "AttLoc", "AttCov", "AttCovLoc"]
+
+
+def on(x):
+    return StandInArray(np.ascontiguousarray(x))
+
+
+def gru_decoder(dtype=np.float64, seed=0, layers=2, context_residual=True):
+    rng = np.random.default_rng(seed)
+    p = {"embed.weight": rng.standard_normal((V, DZ))}
+    for layer in range(layers):
+        n_in = DZ + E if layer == 0 else DZ
+        p.update({f"decoder.{layer}.weight_ih": 2 * rng.standard_normal((3 * DZ, n_in)) / np.sqrt(n_in),
+                  f"decoder.{layer}.weight_hh": 2 * rng.standard_normal((3 * DZ, DZ)) / np.sqrt(DZ),
+                  f"decoder.{layer}.bias_ih": rng.standard_normal(3 * DZ),
+                  f"decoder.{layer}.bias_hh": rng.standard_normal(3 * DZ)})
+    out_in = DZ + E if context_residual else DZ
+    p["output.weight"] = 3 * rng.standard_normal((V, out_in)) / np.sqrt(out_in)
+    p["output.bias"] = rng.standard_normal(V)
+    att = ek.AttLoc(*ATT_ARGS["AttLoc"], dtype=dtype, seed=seed)
+    return RNNDecoder({k: v.astype(dtype) for k, v in p.items()}, vocab_size=V, eprojs=E, dunits=DZ, dlayers=layers,
+                      rnn_type="gru", context_residual=context_residual, attention=att, dtype=dtype)
+
+
+def assert_same_hypothesis(got, want, dtype):
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_array_equal(got.yseq, want.yseq)
+    rtol = 1e-5 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got.score, want.score, rtol=rtol, atol=rtol)
+    np.testing.assert_allclose(got.weights, want.weights, rtol=rtol, atol=rtol)
+    np.testing.assert_array_equal(got.peaks, want.peaks)
+
+
+def reads_during(fn):
+    before = StandInArray.host_reads
+    result = fn()
+    return result, StandInArray.host_reads - before
+
+
+@pytest.mark.parametrize("cls", GPU_ATTENTIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_greedy_on_the_device_equals_the_cpu(kernel_on_cpu, cls, dtype):
+    lengths = [5, 11, 0, 2, 9]
+    enc, _ = inputs(lengths, dtype)
+    decoder = toy_decoder(cls, dtype, eos_bias=1.0, layers=2)
+    with pytest.warns(UserWarning, match="utterance"):
+        want = greedy_search(decoder, enc, lengths, penalty=0.5, maxlenratio=0.8)
+    with pytest.warns(UserWarning, match="utterance"):
+        got, reads = reads_during(lambda: greedy_search(decoder, on(enc), lengths, penalty=0.5, maxlenratio=0.8))
+    steps = len(kernel_on_cpu)
+    assert 1 <= steps <= max(int(0.8 * n) for n in lengths)
+    for g, w in zip(got, want):
+        assert_same_hypothesis(g, w, dtype)
+    assert reads <= steps + 5  # one flag per step, the results once
+
+
+@pytest.mark.parametrize("cls", GPU_ATTENTIONS)
+def test_batched_beam_search_on_the_device_equals_the_cpu(kernel_on_cpu, cls):
+    lengths = [7, 12, 3, 0, 10]
+    enc, _ = inputs(lengths, np.float64, seed=4)
+    decoder = toy_decoder(cls, np.float64, eos_bias=0.5)
+    options = SearchOptions(beam_size=3, nbest=3, penalty=0.3, minlenratio=0.1)
+    with pytest.warns(UserWarning, match="utterance"):
+        want = batch_beam_search(decoder, enc, lengths, options=options)
+    with pytest.warns(UserWarning, match="utterance"):
+        got, reads = reads_during(lambda: batch_beam_search(decoder, on(enc), lengths, options=options))
+    assert reads <= len(kernel_on_cpu) + 10
+    for g_list, w_list in zip(got, want):
+        assert len(g_list) == len(w_list)
+        for g, w in zip(g_list, w_list):
+            assert_same_hypothesis(g, w, np.float64)
+
+
+@pytest.mark.parametrize("options,normalize", [
+    (SearchOptions(beam_size=4, nbest=2), True),                       # end detection
+    (SearchOptions(beam_size=2, maxlenratio=0.5), False),               # forced ends at maxlen, raw scores
+    (SearchOptions(beam_size=V + 2, nbest=4, penalty=-0.2), True),     # a beam wider than the vocabulary
+    (SearchOptions(beam_size=1), True),
+])
+def test_batched_beam_search_options_on_the_device(kernel_on_cpu, options, normalize):
+    lengths = [9, 4, 13]
+    enc, _ = inputs(lengths, np.float64, seed=7)
+    decoder = toy_decoder("AttLoc", np.float64, eos_bias=1.5, layers=2)
+    want = batch_beam_search(decoder, enc, lengths, options=options, normalize_score=normalize)
+    got = batch_beam_search(decoder, on(enc), lengths, options=options, normalize_score=normalize)
+    for g_list, w_list in zip(got, want):
+        assert [h.yseq.tolist() for h in g_list] == [h.yseq.tolist() for h in w_list]
+        for g, w in zip(g_list, w_list):
+            assert_same_hypothesis(g, w, np.float64)
+
+
+def test_gru_layers_and_context_residual_on_the_device(kernel_on_cpu):
+    lengths = [6, 10]
+    enc, _ = inputs(lengths, np.float64, seed=2)
+    decoder = gru_decoder()
+    for g, w in zip(greedy_search(decoder, on(enc), lengths), greedy_search(decoder, enc, lengths)):
+        assert_same_hypothesis(g, w, np.float64)
+    options = SearchOptions(beam_size=3, nbest=2)
+    got = batch_beam_search(decoder, on(enc), lengths, options=options)
+    for g_list, w_list in zip(got, batch_beam_search(decoder, enc, lengths, options=options)):
+        for g, w in zip(g_list, w_list):
+            assert_same_hypothesis(g, w, np.float64)
+
+
+def test_the_decoder_step_on_the_device_equals_the_cpu_step(kernel_on_cpu):
+    lengths = [5, 8]
+    enc, _ = inputs(lengths, np.float64)
+    decoder = toy_decoder("AttCovLoc", np.float64, layers=2)
+    dev = decoder.on_device(on(enc))
+    assert decoder.on_device(on(enc)) is dev  # weights copied once per device
+    rows = np.array([1, 0, 1])
+    host_p, dev_p = decoder.prepare(enc, lengths), dev.prepare(on(enc), lengths)
+    host_s, dev_s = decoder.init_state(host_p, rows), dev.init_state(dev_p, rows)
+    tokens = np.array([EOS, EOS, EOS])
+    for _ in range(3):
+        want, host_s, _ = decoder.step(host_p, tokens, host_s, rows)
+        got, dev_s, out = dev.step(dev_p, on(tokens), dev_s, rows)
+        assert isinstance(got, StandInArray) and isinstance(out.context, StandInArray)
+        np.testing.assert_allclose(got.a, want, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(dev_s.c[1].a, host_s.c[1], rtol=1e-10, atol=1e-10)
+        tokens = want.argmax(axis=1)
+        index = np.array([2, 0, 0])
+        host_s, dev_s = decoder.select(host_s, index), dev.select(dev_s, on(index))
+
+
+def test_what_the_gpu_loop_does_not_run_is_a_typed_error(kernel_on_cpu):
+    lengths = [4, 6]
+    enc, logp = inputs(lengths, np.float32)
+    decoder = toy_decoder("AttLoc", np.float32)
+    with pytest.raises(attnkit.UnsupportedError, match="ctc_weight > 0 runs on the CPU only"):
+        batch_beam_search(decoder, on(enc), lengths, ctc_logp=on(logp), options=SearchOptions(ctc_weight=0.3))
+    with pytest.raises(attnkit.UnsupportedError, match="lm runs on the CPU only"):
+        batch_beam_search(decoder, on(enc), lengths, lm=toy_lm())
+    with pytest.raises(attnkit.UnsupportedError, match="beam_search runs on the CPU only"):
+        beam_search(decoder, on(enc[0]))
+    with pytest.raises(attnkit.UnsupportedError, match="AttDot runs on the CPU only"):
+        greedy_search(toy_decoder("AttDot", np.float32), on(enc), lengths)
+    with pytest.raises(TypeError, match="enc must have the decoder's dtype float32"):
+        greedy_search(decoder, on(enc.astype(np.float64)), lengths)
+    with pytest.raises(ValueError, match="enc must be"):
+        greedy_search(decoder, on(enc[..., :-1]), lengths)
+    with pytest.raises(ValueError, match="lengths must lie in"):
+        greedy_search(decoder, on(enc), [4, 7])
+
+
+def test_a_real_launch_without_a_gpu_fails_typed(lib):
+    lengths = [4, 6]
+    enc, _ = inputs(lengths, np.float32)
+    with pytest.raises((attnkit.CudaError, attnkit.UnsupportedError)):
+        greedy_search(toy_decoder("AttLoc", np.float32), on(enc), lengths)
+
+
+def test_end_detection_stops_the_device_search_at_the_cpu_step(kernel_on_cpu, monkeypatch):
+    enc, _ = inputs([40], np.float64, seed=3)
+    decoder = toy_decoder("AttLoc", np.float64, eos_bias=1.0)
+    options = SearchOptions(beam_size=3, nbest=50)  # every ended hypothesis, so a later stop would show
+    cpu_steps = []
+    step = decoder.step
+    monkeypatch.setattr(decoder, "step", lambda *a, **k: cpu_steps.append(1) or step(*a, **k))
+    want = batch_beam_search(decoder, enc, [40], options=options)[0]
+    got = batch_beam_search(decoder, on(enc), [40], options=options)[0]
+    assert 3 <= len(cpu_steps) < 40  # stopped by end_detect, before maxlen = T
+    assert len(kernel_on_cpu) == len(cpu_steps)
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert_same_hypothesis(g, w, np.float64)
+
+
+def test_the_bundled_recogniser_decodes_through_the_gpu_loop(kernel_on_cpu):
+    from attnkit.asr import Recognizer
+
+    model = Recognizer().model
+    feats = np.random.default_rng(0).standard_normal((3, 160, model.config.input_size)).astype(np.float32)
+    enc, lens = model.encode(feats, np.array([160, 120, 90]))
+    options = SearchOptions(beam_size=10)
+    for search in (lambda e: greedy_search(model.decoder, e, lens),
+                   lambda e: [h[0] for h in batch_beam_search(model.decoder, e, lens, options=options)]):
+        for g, w in zip(search(on(enc)), search(enc)):
+            assert_same_hypothesis(g, w, np.float32)
