@@ -59,7 +59,7 @@ class DeviceDecoder:
         if name not in GPU_CLASSES:
             raise UnsupportedError(f"{op}: the decoder's attention {name} runs on the CPU only so far "
                                    f"(GPU steps: {', '.join(GPU_CLASSES)})")
-        self.decoder, self.xp, self.device = decoder, xp, call.device
+        self.decoder, self.xp, self.device, self._lib = decoder, xp, call.device, call.lib
         self.lstm = decoder.rnn_type == "lstm"
         with call:
             up = lambda a: xp.asarray(np.ascontiguousarray(a))  # noqa: E731
@@ -70,6 +70,11 @@ class DeviceDecoder:
                             "b_ih": up(c["b_ih"]), "b_hh": up(c["b_hh"])} for c in decoder._cells]
             self._w_out, self._b_out = up(decoder._w_out.unpacked().T), up(decoder._b_out)
             self._gate_scale = up(lstm_gate_scale(decoder.dunits, decoder.dtype)) if self.lstm else None
+
+    def context(self):
+        """A context with this decoder's device current (CuPy allocates on the current device)."""
+        stream = self._lib.current_stream(self.device)
+        return self._lib.running_on(self.device, stream, stream)
 
     def prepare(self, enc, lengths) -> DecoderPrepared:
         """The attention's cache of enc ``[B, T, E]`` (a GPU array) on the device; lengths on the host."""
@@ -147,11 +152,16 @@ def _device_batch(op: str, dd: DeviceDecoder, enc, lengths):
 
 def greedy_search(decoder: RNNDecoder, enc, lengths, maxlenratio: float, penalty: float):
     """``search.greedy_search`` on the device (its checks of the options done by the caller)."""
+    dd = decoder.on_device(enc)
+    with dd.context():
+        return _greedy(dd, enc, lengths, maxlenratio, penalty)
+
+
+def _greedy(dd: DeviceDecoder, enc, lengths, maxlenratio: float, penalty: float):
     from attnkit.asr.search import _empty_hypothesis, _hypothesis, _max_length
 
     op = "greedy_search"
-    dd = decoder.on_device(enc)
-    xp, eos = dd.xp, decoder.eos
+    decoder, xp, eos = dd.decoder, dd.xp, dd.decoder.eos
     sub, lens, keep = _device_batch(op, dd, enc, lengths)
     results = [_empty_hypothesis(decoder, 0) for _ in range(enc.shape[0])]
     if sub is None:
@@ -195,13 +205,18 @@ def greedy_search(decoder: RNNDecoder, enc, lengths, maxlenratio: float, penalty
 
 def batch_beam_search(decoder: RNNDecoder, enc, lengths, options, normalize: bool):
     """``search.batch_beam_search`` on the device, without CTC and LM (checked by the caller)."""
+    dd = decoder.on_device(enc)
+    with dd.context():
+        return _batch_beam(dd, enc, lengths, options, normalize)
+
+
+def _batch_beam(dd: DeviceDecoder, enc, lengths, options, normalize: bool):
     from attnkit.asr.ctc_prefix import LOGZERO
-    from attnkit.asr.search import END_DETECT_MARGIN, END_DETECT_STEPS, _Alignment, _Ended, _empty_hypothesis, \
-        _max_length
+    from attnkit.asr.search import END_DETECT_MARGIN, END_DETECT_STEPS, _empty_hypothesis, _max_length
 
     op = "batch_beam_search"
-    dd = decoder.on_device(enc)
-    xp, eos, V, beam = dd.xp, decoder.eos, decoder.vocab_size, options.beam_size
+    decoder, xp = dd.decoder, dd.xp
+    eos, V, beam = decoder.eos, decoder.vocab_size, options.beam_size
     sub, lens, keep = _device_batch(op, dd, enc, lengths)
     results = [[_empty_hypothesis(decoder, 0)] for _ in range(enc.shape[0])]
     if sub is None:
