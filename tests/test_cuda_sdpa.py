@@ -88,6 +88,26 @@ def test_three_d_inputs_and_rows_with_no_key_give_zeros():
     assert not cp.isnan(out).any() and float(cp.abs(out[1]).max()) == 0.0 and float(cp.abs(out[:, :30]).max()) == 0.0
 
 
+def test_non_finite_inputs_give_the_cpu_kernels_pattern():
+    """Found by reading the kernel before any GPU run: a row whose every key is masked must give
+    zeros even when V rows that other rows of the block see hold inf/NaN, and a row with a NaN
+    score must weigh its keys past the causal limit 0 (NaN elsewhere), as the CPU kernel does."""
+    rng = np.random.default_rng(5)
+    q, k, v = (rng.standard_normal((1, 1, 4, 8), np.float32) for _ in range(3))
+    v[0, 0, 2] = np.inf
+    v[0, 0, 3] = np.nan
+    q[0, 0, 1] = np.nan
+    mask = np.ones((4, 4), bool)
+    mask[0] = False  # row 0 sees nothing
+    for kw in ({"mask": mask}, {"causal": True}):
+        host = sdpa(q, k, v, return_weights=True, **kw)
+        dev = sdpa(*map(cp.asarray, (q, k, v)), return_weights=True,
+                   **{n: cp.asarray(x) if isinstance(x, np.ndarray) else x for n, x in kw.items()})
+        for got, want in zip(dev, host):
+            np.testing.assert_array_equal(np.isnan(got.get()), np.isnan(want), err_msg=str(kw))
+            np.testing.assert_allclose(got.get(), want, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_error_is_at_most_twice_a_naive_computation(dtype):
     """float16 / bfloat16 storage, float32 softmax and accumulation: the error against float64

@@ -1,6 +1,6 @@
 // The fused step of ESPnet's additive attention family on NVIDIA GPUs (AttAdd, AttLoc, AttCov,
 // AttCovLoc; dot-product energies too when gvec is null): the math of
-// attnkit.espnet._kernels.fused_additive_step_reference in two launches on the caller's stream.
+// attnkit.espnet._kernels.fused_additive_step_reference in three launches on the caller's stream.
 //
 // 0. Query. q[n][a] = dec_z[n] . W_dec[a], a warp per output (lanes over Dz, coalesced), into
 //    the query scratch the next launch reads.
@@ -230,6 +230,7 @@ template <typename T> __global__ void softmax_context_kernel(AdditiveStepParams 
 }
 
 template <typename T> void launch(const AdditiveStepParams& p, cudaStream_t stream) {
+  clear_stale_error();
   const dim3 query_grid(unsigned((p.A + kQueryWarps - 1) / kQueryWarps), unsigned(p.N));
   query_kernel<T><<<query_grid, kQueryWarps * 32, 0, stream>>>(p);
   check(cudaGetLastError(), "additive attention step: query kernel launch");

@@ -14,6 +14,11 @@ inline void check(cudaError_t err, const char* what) {
     throw CudaError(std::string(what) + ": " + cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
 }
 
+// A failed runtime call also leaves its error in the thread's last-error slot (cudart is linked
+// statically: only attnkit's own calls reach it). Cleared before a launch, so that the
+// cudaGetLastError after it reports that launch and not an error already raised as a CudaError.
+inline void clear_stale_error() { (void)cudaGetLastError(); }
+
 class DeviceGuard {
  public:
   DeviceGuard(int device, const char* op) : target_(device) {

@@ -149,8 +149,8 @@ __global__ void __launch_bounds__(kWarps * 32) sdpa_kernel(const SdpaParams p, c
   }
   // Keys no row of the block sees are never read: past the batch entry's length, and with
   // causality past the last row's horizon.
-  int64_t key_end = p.Tk;
-  if (p.key_lengths) key_end = min64(max64(p.key_lengths[hd.b], 0), p.Tk);
+  const int64_t valid_keys = p.key_lengths ? min64(max64(p.key_lengths[hd.b], 0), p.Tk) : p.Tk;
+  int64_t key_end = valid_keys;
   if (p.causal) {
     const int64_t last = min64(i0 + kBlockRows, p.Tq) - 1;
     key_end = min64(key_end, max64(last + (p.Tk - p.Tq) + 1, 0));
@@ -210,10 +210,12 @@ __global__ void __launch_bounds__(kWarps * 32) sdpa_kernel(const SdpaParams p, c
     const int64_t i = row0 + r;
     if (i >= p.Tq) continue;
     T* o = static_cast<T*>(p.o) + hd.b * p.o_stride[0] + hd.h * p.o_stride[1] + i * p.o_stride[2];
+    // A row that sees no key gets zeros even when acc holds 0 x inf/NaN from V rows other rows
+    // of the block see (as the CPU); a NaN total (NaN scores) still gives NaN.
 #pragma unroll
     for (int c = 0; c < kCols; ++c) {
       const int e = lane + 32 * c;
-      if (e < p.Dv) o[e] = from_float<T>(acc[r][c] * inv_sum[r]);
+      if (e < p.Dv) o[e] = from_float<T>(total == 0.f ? 0.f : acc[r][c] * inv_sum[r]);
     }
   }
   if (!p.weights) return;
@@ -233,8 +235,11 @@ __global__ void __launch_bounds__(kWarps * 32) sdpa_kernel(const SdpaParams p, c
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int64_t i = row0 + r;
       if (i >= p.Tq || j >= p.Tk) continue;
+      // Keys past the row's own limit (its length, causality) weigh 0, as on the CPU, even in a
+      // row whose NaN scores make every other weight NaN.
+      const bool past = j >= valid_keys || (p.causal && j > i + (p.Tk - p.Tq));
       float w = 0.f;
-      if (scored) w = exp2f(s[r] - (row_max[r] == -INFINITY ? 0.f : row_max[r])) * inv_sum[r];
+      if (scored && !past) w = exp2f(s[r] - (row_max[r] == -INFINITY ? 0.f : row_max[r])) * inv_sum[r];
       T* wrow = static_cast<T*>(p.weights) + hd.b * p.w_stride[0] + hd.h * p.w_stride[1] + i * p.w_stride[2];
       wrow[j] = from_float<T>(w);
     }
@@ -249,6 +254,7 @@ template <typename T, int kCols> void launch_with(const SdpaParams& p, cudaStrea
     check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)),
           "scaled_dot_product_attention: cudaFuncSetAttribute");
   const dim3 grid(unsigned(p.B * p.H), unsigned((p.Tq + kBlockRows - 1) / kBlockRows));
+  clear_stale_error();
   kernel<<<grid, kWarps * 32, shared, stream>>>(p, Dp);
   check(cudaGetLastError(), "scaled_dot_product_attention: kernel launch");
 }
