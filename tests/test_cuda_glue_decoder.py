@@ -72,8 +72,9 @@ def test_greedy_on_the_device_equals_the_cpu(kernel_on_cpu, cls, dtype):
     decoder = toy_decoder(cls, dtype, eos_bias=1.0, layers=2)
     with pytest.warns(UserWarning, match="utterance"):
         want = greedy_search(decoder, enc, lengths, penalty=0.5, maxlenratio=0.8)
-    with pytest.warns(UserWarning, match="utterance"):
+    with pytest.warns(UserWarning, match="utterance") as warned:
         got, reads = reads_during(lambda: greedy_search(decoder, on(enc), lengths, penalty=0.5, maxlenratio=0.8))
+    assert warned[0].filename == __file__  # the warning points at the caller's line
     steps = len(kernel_on_cpu)
     assert 1 <= steps <= max(int(0.8 * n) for n in lengths)
     for g, w in zip(got, want):
@@ -89,8 +90,9 @@ def test_batched_beam_search_on_the_device_equals_the_cpu(kernel_on_cpu, cls):
     options = SearchOptions(beam_size=3, nbest=3, penalty=0.3, minlenratio=0.1)
     with pytest.warns(UserWarning, match="utterance"):
         want = batch_beam_search(decoder, enc, lengths, options=options)
-    with pytest.warns(UserWarning, match="utterance"):
+    with pytest.warns(UserWarning, match="utterance") as warned:
         got, reads = reads_during(lambda: batch_beam_search(decoder, on(enc), lengths, options=options))
+    assert warned[0].filename == __file__
     assert reads <= len(kernel_on_cpu) + 10
     for g_list, w_list in zip(got, want):
         assert len(g_list) == len(w_list)

@@ -21,11 +21,9 @@ runs these loops on a NumPy stand-in for CuPy, through the GPU plumbing, against
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-from attnkit._arrays import describe, is_device_array, lengths_array
+from attnkit._arrays import describe, is_device_array
 from attnkit._core import UnsupportedError
 from attnkit._cuda import GpuCall
 from attnkit.asr._rows import select_rows
@@ -134,12 +132,10 @@ def _device_batch(op: str, dd: DeviceDecoder, enc, lengths):
         raise ValueError(f"{op}: enc must be [B, T, E] with E = eprojs = {d.eprojs}, got shape {tuple(enc.shape)}")
     if enc.dtype != d.dtype:
         raise TypeError(f"{op}: enc must have the decoder's dtype {d.dtype}, got {enc.dtype}")
+    from attnkit.asr.search import _utterances
+
     B, T, _ = enc.shape
-    lengths = lengths_array(op, "lengths", np.full(B, T) if lengths is None else lengths, B, T, "T")
-    keep = np.flatnonzero(lengths > 0)
-    if keep.size < B:
-        warnings.warn(f"{op}: utterance(s) {np.flatnonzero(lengths == 0).tolist()} have no encoder frames; "
-                      f"they get an empty hypothesis", stacklevel=3)
+    lengths, keep = _utterances(op, lengths, B, T, stacklevel=6)  # the user's search call
     if keep.size == 0:
         return None, lengths, keep
     lens = lengths[keep]

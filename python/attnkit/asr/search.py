@@ -233,15 +233,22 @@ def _encoder(op: str, enc, ndim: int, decoder: RNNDecoder) -> np.ndarray:
     return enc
 
 
-def _padded_batch(op: str, enc: np.ndarray, lengths, trans_token):
-    """Valid utterances' (enc with padded frames zeroed, as ESPnet's ``mask_by_length``; lengths;
-    trans_token) cut to T = max(lengths), and the indices of those utterances (length >= 1)."""
-    B, T, _ = enc.shape
+def _utterances(op: str, lengths, B: int, T: int, stacklevel: int) -> tuple[np.ndarray, np.ndarray]:
+    """The checked lengths ``[B]`` (default all T) and the indices of the utterances that have
+    frames; a warning names the others (``stacklevel`` points it at the caller's call)."""
     lengths = lengths_array(op, "lengths", np.full(B, T) if lengths is None else lengths, B, T, "T")
     keep = np.flatnonzero(lengths > 0)
     if keep.size < B:
         warnings.warn(f"{op}: utterance(s) {np.flatnonzero(lengths == 0).tolist()} have no encoder frames; "
-                      f"they get an empty hypothesis", stacklevel=3)
+                      f"they get an empty hypothesis", stacklevel=stacklevel)
+    return lengths, keep
+
+
+def _padded_batch(op: str, enc: np.ndarray, lengths, trans_token):
+    """Valid utterances' (enc with padded frames zeroed, as ESPnet's ``mask_by_length``; lengths;
+    trans_token) cut to T = max(lengths), and the indices of those utterances (length >= 1)."""
+    B, T, _ = enc.shape
+    lengths, keep = _utterances(op, lengths, B, T, stacklevel=4)
     if keep.size == 0:
         return None, lengths, None, keep
     t_max = int(lengths[keep].max())
