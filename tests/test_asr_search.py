@@ -28,22 +28,25 @@ ATT_ARGS = {"NoAtt": (), "AttDot": (E, DZ, A), "AttAdd": (E, DZ, A), "AttLoc": (
             "AttForward": (E, DZ, A, C, F), "AttForwardTA": (E, DZ, A, C, F, V), "GDCAttLoc": (E, DZ, A, C, F)}
 
 
-def toy_decoder(cls="AttLoc", dtype=np.float32, *, seed=0, eos_bias=0.0, blank_bias=0.0, layers=1):
+def toy_decoder(cls="AttLoc", dtype=np.float32, *, seed=0, eos_bias=0.0, blank_bias=0.0, layers=1, rnn_type="lstm",
+                context_residual=False):
     rng = np.random.default_rng(seed)
     att = getattr(ek, cls)(*ATT_ARGS[cls], dtype=dtype, seed=seed)
+    G = {"lstm": 4, "gru": 3}[rnn_type] * DZ
     p = {"embed.weight": rng.standard_normal((V, DZ))}
     for layer in range(layers):
         n_in = DZ + E if layer == 0 else DZ
-        p.update({f"decoder.{layer}.weight_ih": 2 * rng.standard_normal((4 * DZ, n_in)) / np.sqrt(n_in),
-                  f"decoder.{layer}.weight_hh": 2 * rng.standard_normal((4 * DZ, DZ)) / np.sqrt(DZ),
-                  f"decoder.{layer}.bias_ih": rng.standard_normal(4 * DZ),
-                  f"decoder.{layer}.bias_hh": rng.standard_normal(4 * DZ)})
-    p["output.weight"] = 3 * rng.standard_normal((V, DZ)) / np.sqrt(DZ)
+        p.update({f"decoder.{layer}.weight_ih": 2 * rng.standard_normal((G, n_in)) / np.sqrt(n_in),
+                  f"decoder.{layer}.weight_hh": 2 * rng.standard_normal((G, DZ)) / np.sqrt(DZ),
+                  f"decoder.{layer}.bias_ih": rng.standard_normal(G),
+                  f"decoder.{layer}.bias_hh": rng.standard_normal(G)})
+    out_in = DZ + E if context_residual else DZ
+    p["output.weight"] = 3 * rng.standard_normal((V, out_in)) / np.sqrt(out_in)
     p["output.bias"] = rng.standard_normal(V)
     p["output.bias"][EOS] += eos_bias
     p["output.bias"][0] += blank_bias
     return RNNDecoder({k: v.astype(dtype) for k, v in p.items()}, vocab_size=V, eprojs=E, dunits=DZ, dlayers=layers,
-                      attention=att, dtype=dtype)
+                      rnn_type=rnn_type, context_residual=context_residual, attention=att, dtype=dtype)
 
 
 def toy_lm(dtype=np.float32, seed=3):

@@ -15,12 +15,9 @@ import pytest
 
 import attnkit
 from attnkit import _core
-from attnkit.asr.decoder import RNNDecoder
 from attnkit.asr.search import SearchOptions, batch_beam_search, beam_search, greedy_search
 from gpu_standin import StandInArray
-from test_asr_search import ATT_ARGS, DZ, E, EOS, V, inputs, toy_decoder, toy_lm
-
-import attnkit.espnet as ek
+from test_asr_search import EOS, V, inputs, toy_decoder, toy_lm
 
 pytestmark = pytest.mark.skipif(_core.cuda_device_count()[0] > 0,
                                 reason="a real GPU is here: the stand-in would shadow it")
@@ -32,21 +29,8 @@ def on(x):
     return StandInArray(np.ascontiguousarray(x))
 
 
-def gru_decoder(dtype=np.float64, seed=0, layers=2, context_residual=True):
-    rng = np.random.default_rng(seed)
-    p = {"embed.weight": rng.standard_normal((V, DZ))}
-    for layer in range(layers):
-        n_in = DZ + E if layer == 0 else DZ
-        p.update({f"decoder.{layer}.weight_ih": 2 * rng.standard_normal((3 * DZ, n_in)) / np.sqrt(n_in),
-                  f"decoder.{layer}.weight_hh": 2 * rng.standard_normal((3 * DZ, DZ)) / np.sqrt(DZ),
-                  f"decoder.{layer}.bias_ih": rng.standard_normal(3 * DZ),
-                  f"decoder.{layer}.bias_hh": rng.standard_normal(3 * DZ)})
-    out_in = DZ + E if context_residual else DZ
-    p["output.weight"] = 3 * rng.standard_normal((V, out_in)) / np.sqrt(out_in)
-    p["output.bias"] = rng.standard_normal(V)
-    att = ek.AttLoc(*ATT_ARGS["AttLoc"], dtype=dtype, seed=seed)
-    return RNNDecoder({k: v.astype(dtype) for k, v in p.items()}, vocab_size=V, eprojs=E, dunits=DZ, dlayers=layers,
-                      rnn_type="gru", context_residual=context_residual, attention=att, dtype=dtype)
+def gru_decoder(dtype=np.float64):
+    return toy_decoder("AttLoc", dtype, layers=2, rnn_type="gru", context_residual=True)
 
 
 def assert_same_hypothesis(got, want, dtype):
