@@ -64,8 +64,11 @@ class DeviceDecoder:
             self._token_gates = up(decoder._token_gates)
             # Products as x @ W^T with W^T stored contiguous ([K, A]), cuBLAS's preferred layout.
             self._w_cell0 = up(decoder._w_cell0.unpacked().T)
-            self._cells = [{"w_ih": up(c["w_ih"].unpacked().T), "w_hh": up(c["w_hh"].unpacked().T),
-                            "b_ih": up(c["b_ih"]), "b_hh": up(c["b_hh"])} for c in decoder._cells]
+            # Cell 0's input product is the token table and _w_cell0 (its LSTM recurrent product
+            # too): those weights are not copied again.
+            self._cells = [{"w_ih": None if layer == 0 else up(c["w_ih"].unpacked().T),
+                            "w_hh": None if layer == 0 and self.lstm else up(c["w_hh"].unpacked().T),
+                            "b_ih": up(c["b_ih"]), "b_hh": up(c["b_hh"])} for layer, c in enumerate(decoder._cells)]
             self._w_out, self._b_out = up(decoder._w_out.unpacked().T), up(decoder._b_out)
             self._gate_scale = up(lstm_gate_scale(decoder.dunits, decoder.dtype)) if self.lstm else None
 
