@@ -217,3 +217,92 @@ def test_matches_espnet_scorers():
         psi_t, states_t = theirs1(y, cs, r_t)
         np.testing.assert_allclose(psi, psi_t, rtol=1e-13)
         r, r_t, y = states[label], states_t[label], y + [label]
+
+
+def recursion_reference(xs, x_blank, log_phi, first_label, start, end):
+    """The prefix-score recursion (module docstring of attnkit.asr.ctc_prefix) in float64, frame by
+    frame with math.log/exp per element: r [T, 2, N, C] and psi [N, C]."""
+    import math
+
+    def lae(a, b):
+        if a == b:
+            return a + math.log(2.0)
+        m, d = max(a, b), -abs(a - b)
+        return m + math.log1p(math.exp(d))
+
+    T, N, C = xs.shape
+    r = np.full((T, 2, N, C), LOGZERO)
+    if first_label:
+        r[0, 0] = xs[0]
+    psi = np.full((N, C), LOGZERO)
+    if start > T:
+        return r, psi
+    for n in range(N):
+        for c in range(C):
+            terms = [r[start - 1, 0, n, c]]
+            for t in range(start, end):
+                r[t, 0, n, c] = lae(r[t - 1, 0, n, c], log_phi[t - 1, n, c]) + xs[t, n, c]
+                r[t, 1, n, c] = lae(r[t - 1, 0, n, c], r[t - 1, 1, n, c]) + x_blank[t, n]
+                terms.append(log_phi[t - 1, n, c] + xs[t, n, c])
+            m = max(terms)
+            with np.errstate(invalid="ignore"):
+                psi[n, c] = m + math.log(sum(math.exp(v - m) for v in terms))
+    return r, psi
+
+
+# Candidate counts around the vector widths (4, 8, 16 lanes) and the kernel's blocks of 4 vectors.
+@pytest.mark.parametrize("T,N,C", [(1, 1, 1), (2, 3, 5), (7, 2, 8), (9, 1, 17), (33, 2, 33), (12, 3, 65)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_recursion_kernel_matches_float64_reference_on_every_isa(isa, T, N, C, dtype):
+    from attnkit.asr.ctc_prefix import prefix_scores
+
+    rng = np.random.default_rng(T * 100 + C)
+    xs = np.log(rng.dirichlet(np.ones(C + 1), size=(T, N)))[..., :C]
+    x_blank = np.log(rng.uniform(0.05, 0.9, (T, N)))
+    log_phi = np.cumsum(np.log(rng.uniform(0.2, 0.9, (T, N, C))), axis=0)
+    log_phi[:, 0, :1] = LOGZERO  # a lane whose phi is log(0)
+    rtol = 2e-6 if dtype == np.float32 else 1e-12
+    ranges = [(1, T), (min(2, T), T), (1, max(1, T // 2)), (max(1, T - 1), 1), (T + 1, T)]
+    for first_label in (True, False):
+        for start, end in ranges:
+            args = [a.astype(dtype) for a in (xs, x_blank, log_phi)]
+            r, psi = prefix_scores(*args, first_label, start, end, dtype)
+            r_ref, psi_ref = recursion_reference(*[a.astype(np.float64) for a in args], first_label, start, end)
+            assert r.dtype == dtype and psi.dtype == dtype
+            np.testing.assert_allclose(r, r_ref, rtol=rtol, atol=rtol, err_msg=f"{first_label} {start} {end}")
+            np.testing.assert_allclose(psi, psi_ref, rtol=rtol, atol=rtol, err_msg=f"{first_label} {start} {end}")
+
+
+def test_recursion_kernel_propagates_nan_and_infinities():
+    from attnkit.asr.ctc_prefix import prefix_scores
+
+    T, N, C = 6, 1, 11
+    xs = np.full((T, N, C), -1.0)
+    xs[3, 0, 1] = np.nan
+    xs[2, 0, 2] = -np.inf
+    xs[2, 0, 3] = np.inf
+    x_blank = np.full((T, N), -0.5)
+    log_phi = np.full((T, N, C), -2.0)
+    log_phi[:, 0, 4] = -np.inf
+    for dtype in (np.float32, np.float64):
+        args = [a.astype(dtype) for a in (xs, x_blank, log_phi)]
+        r, psi = prefix_scores(*args, True, 1, T, dtype)
+        r_ref, psi_ref = recursion_reference(*[a.astype(np.float64) for a in args], True, 1, T)
+        np.testing.assert_array_equal(np.isnan(r), np.isnan(r_ref))
+        np.testing.assert_array_equal(np.isnan(psi), np.isnan(psi_ref))
+        assert np.isnan(psi[0, 1]) and np.isnan(psi[0, 3])  # an inf term: inf - inf in logsumexp, as NumPy
+        np.testing.assert_allclose(r, r_ref, rtol=2e-6)
+        np.testing.assert_allclose(psi, psi_ref, rtol=2e-6)
+
+
+def test_recursion_kernel_rejects_a_bad_frame_range():
+    from attnkit import _core
+
+    xs = np.zeros((4, 1, 3), np.float32)
+    r, psi = np.empty((4, 2, 1, 3), np.float32), np.empty((1, 3), np.float32)
+    with pytest.raises(ValueError, match="start must be >= 1"):
+        _core.ctc_prefix_scores(xs, np.zeros((4, 1), np.float32), xs, False, 0, 4, LOGZERO, r, psi)
+    with pytest.raises(ValueError, match="end must be <= T=4"):
+        _core.ctc_prefix_scores(xs, np.zeros((4, 1), np.float32), xs, False, 1, 5, LOGZERO, r, psi)
+    with pytest.raises(ValueError, match="x_blank must be .* shape \\(4, 1\\)"):
+        _core.ctc_prefix_scores(xs, np.zeros((4, 2), np.float32), xs, False, 1, 4, LOGZERO, r, psi)

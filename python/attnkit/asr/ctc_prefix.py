@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from attnkit import _core
 from attnkit._arrays import describe, host_float_array, lengths_array
 
 #: ESPnet's log(0).
@@ -42,6 +43,15 @@ def prefix_scores(xs: np.ndarray, x_blank: np.ndarray, log_phi: np.ndarray, firs
     LOGZERO) and psi ``[N, C]`` (eos and blank not yet applied).
     """
     T, N, C = xs.shape
+    dtype = np.dtype(state_dtype)
+    if dtype in (np.float32, np.float64) and xs.dtype == dtype and x_blank.dtype == dtype and log_phi.dtype == dtype:
+        # One dtype throughout (every search but ESPnet's float32 states under a float64 model):
+        # the C++ kernel, the same recursion without a NumPy call per frame.
+        r = np.empty((T, 2, N, C), dtype)
+        psi = np.empty((N, C), dtype)
+        _core.ctc_prefix_scores(np.ascontiguousarray(xs), np.ascontiguousarray(x_blank),
+                                np.ascontiguousarray(log_phi), bool(first_label), int(start), int(end), LOGZERO, r, psi)
+        return r, psi
     r = np.full((T, 2, N, C), LOGZERO, dtype=state_dtype)
     if first_label:
         r[0, 0] = xs[0]

@@ -124,3 +124,27 @@ struct LstmLayerParams {
 };
 
 }  // namespace attnkit
+
+namespace attnkit {
+
+// CTC prefix scores (Watanabe et al. 2017, Algorithm 2; attnkit.asr.ctc_prefix.prefix_scores) of
+// N prefixes x C candidate labels, one lane each, over frames [start, end):
+//   r[t,0] = logaddexp(r[t-1,0], log_phi[t-1]) + xs[t]        (r^n: the prefix ends in the label)
+//   r[t,1] = logaddexp(r[t-1,0], r[t-1,1]) + x_blank[t,n]     (r^b: it ends in a blank)
+//   psi    = logsumexp(r[start-1,0], log_phi[t-1] + xs[t] for start <= t < end)
+// r starts as `logzero` everywhere but r[0,0] = xs[0] for the first label; frames outside the
+// range keep those values. Every array is C-contiguous in the one dtype.
+struct CtcPrefixParams {
+  DType dtype = DType::f32;
+  int64_t T = 0, N = 0, C = 0;
+  const void* xs = nullptr;       // [T][N][C] the candidates' log-posteriors
+  const void* x_blank = nullptr;  // [T][N]
+  const void* log_phi = nullptr;  // [T][N][C]
+  bool first_label = false;       // the prefixes are empty
+  int64_t start = 1, end = 0;     // 1 <= start; end <= T (an empty range when end <= start)
+  double logzero = -1e10;
+  void* r = nullptr;              // [T][2][N][C]
+  void* psi = nullptr;            // [N][C]
+};
+
+}  // namespace attnkit

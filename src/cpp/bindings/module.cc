@@ -11,4 +11,5 @@ NB_MODULE(_core, m) {
   register_additive_cuda(m);
   register_linear(m);
   register_lstm(m);
+  register_ctc_prefix(m);
 }

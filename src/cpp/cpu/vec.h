@@ -240,4 +240,53 @@ template <typename T> inline Vec<T> tanhv(Vec<T> x) {
   return T(1) - T(2) / (exp2_small<T>(y) + T(1));
 }
 
+// ln(x) for x >= the smallest normal number, +inf and NaN passing through (0 and negative x are
+// not handled: callers pass sums >= 1). x = 2^e m with m in [sqrt(1/2), sqrt(2)); ln(m) =
+// 2 atanh(s) with s = (m - 1) / (m + 1), |s| < 0.172, by its series sum s^(2k+1) / (2k + 1),
+// whose terms shrink by s^2 < 0.03: 6 terms for float, 12 for double (truncation < 1e-9 and
+// < 1e-19 relative). The exponent reaches the float as its bits under 2^52's (double has no
+// packed int64 conversion before AVX-512DQ).
+template <typename T> inline Vec<T> logv(Vec<T> x) {
+  using C = Exp2Consts<T>;
+  using I = typename std::remove_reference<decltype(VecI<T>{}[0])>::type;
+  constexpr I kMantMask = (I(1) << C::kMantissa) - 1;
+  constexpr I kOneBits = I(C::kBias) << C::kMantissa;
+  const VecI<T> bits = bits_of<T>(x);
+  Vec<T> m = from_bits<T>((bits & kMantMask) | kOneBits);  // [1, 2)
+  Vec<T> e;
+  if constexpr (sizeof(T) == 4) {
+    e = __builtin_convertvector((bits >> C::kMantissa) - C::kBias, Vec<T>);
+  } else {
+    constexpr I kTwo52Bits = I(0x4330000000000000);  // the bits of 2^52
+    e = from_bits<T>((bits >> C::kMantissa) | kTwo52Bits) - (T(4503599627370496.0) + T(C::kBias));
+  }
+  const auto big = m > T(1.4142135623730951);
+  m = big ? m * T(0.5) : m;
+  e = big ? e + T(1) : e;
+  const Vec<T> s = (m - T(1)) / (m + T(1)), z = s * s;
+  constexpr int kTerms = sizeof(T) == 4 ? 6 : 12;
+  Vec<T> p = splat<T>(T(1) / T(2 * kTerms - 1));
+#pragma GCC unroll 16
+  for (int k = kTerms - 2; k >= 0; --k) p = p * z + T(1) / T(2 * k + 1);
+  const Vec<T> r = e * T(0.6931471805599453) + T(2) * s * p;
+  return x == x && x < std::numeric_limits<T>::infinity() ? r : x;
+}
+
+// out[j] = ln(e^a[j] + e^b[j]) for J vectors, as NumPy's logaddexp: max(a, b) + ln(1 + e^-|a - b|);
+// a + ln 2 when a == b (also two infinities of one sign); NaN when either is NaN. Stage by stage
+// over the J vectors, so that their ~100-cycle chains (an exp, then a log with a division)
+// interleave in the instruction stream instead of filling the scheduler one chain at a time
+// (as the additive kernel's tanh: benchmarks/NOTES.md, additive 9).
+template <typename T, int J> inline void log_add_exp(const Vec<T>* a, const Vec<T>* b, Vec<T>* out) {
+  Vec<T> m[J], u[J];
+  for (int j = 0; j < J; ++j) {
+    const Vec<T> d = a[j] - b[j];
+    const Vec<T> neg = a[j] == b[j] ? splat<T>(T(0)) : (d < T(0) ? d : -d);  // -|a - b|; NaN stays
+    m[j] = a[j] > b[j] ? a[j] : b[j];
+    u[j] = neg * T(1.4426950408889634);
+  }
+  for (int j = 0; j < J; ++j) u[j] = T(1) + exp2v<T>(u[j]);
+  for (int j = 0; j < J; ++j) out[j] = m[j] + logv<T>(u[j]);
+}
+
 }  // namespace attnkit::cpu::ATTNKIT_ISA
