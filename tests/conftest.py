@@ -83,3 +83,18 @@ def kernel_on_cpu(lib, monkeypatch):
     monkeypatch.setattr(lib, "capsule", lambda x: x)
     monkeypatch.setattr(_core, "additive_step_cuda", fake)
     return calls
+
+
+@pytest.fixture
+def ctc_on_cpu(kernel_on_cpu, monkeypatch):
+    """The CTC prefix-score GPU entry replaced by the CPU kernel on the stand-in's arrays (with
+    kernel_on_cpu's capsules), recording the calls."""
+    calls = []
+
+    def fake(xs, x_blank, log_phi, first_label, start, end, logzero, r, psi, stream):
+        assert isinstance(stream, int) and r.a.dtype == psi.a.dtype == xs.a.dtype
+        calls.append(stream)
+        _core.ctc_prefix_scores(xs.a, x_blank.a, log_phi.a, first_label, start, end, logzero, r.a, psi.a)
+
+    monkeypatch.setattr(_core, "ctc_prefix_scores_cuda", fake)
+    return calls

@@ -1,6 +1,7 @@
 """The decoder loop on CuPy arrays (attnkit.asr.device) against the CPU searches: greedy and
 batched beam search over the GPU attention steps, on toy decoders (the four GPU attention
-classes, LSTM and GRU, float32 and float64) and on the bundled recogniser's encoder output.
+classes, LSTM and GRU, float32 and float64) and on the bundled recogniser's encoder output;
+joint CTC/attention search, and the CTC recursion's CUDA kernel against the CPU kernel.
 test_cuda_glue_decoder.py runs the same loops on a stand-in without a GPU; this runs them on
 one. Skipped without a GPU, CuPy and a CUDA build of attnkit."""
 import numpy as np
@@ -61,3 +62,37 @@ def test_the_bundled_recogniser_decodes_on_the_gpu():
                    lambda e: [h[0] for h in batch_beam_search(model.decoder, e, lens, options=options)]):
         for g, w in zip(search(cp.asarray(enc)), search(enc)):
             assert_same(g, w, np.float32)
+
+
+@pytest.mark.parametrize("T,N,C", [(1, 1, 1), (7, 3, 5), (40, 10, 15), (200, 2, 300)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_ctc_recursion_on_the_gpu_equals_the_cpu_kernel(T, N, C, dtype):
+    from attnkit.asr.ctc_prefix import prefix_scores
+
+    rng = np.random.default_rng(T + C)
+    xs = np.log(rng.uniform(0.01, 1, (T, N, C))).astype(dtype)
+    x_blank = np.log(rng.uniform(0.01, 1, (T, N))).astype(dtype)
+    log_phi = np.cumsum(np.log(rng.uniform(0.2, 0.9, (T, N, C))), axis=0).astype(dtype)
+    xs[min(1, T - 1), 0, 0] = np.nan
+    tol = 2e-6 if dtype == np.float32 else 1e-12
+    for first_label in (True, False):
+        for start, end in [(1, T), (max(1, T // 2), T), (1, max(1, T - 1)), (T + 1, T)]:
+            want = prefix_scores(xs, x_blank, log_phi, first_label, start, end, dtype)
+            got = prefix_scores(*(cp.asarray(a) for a in (xs, x_blank, log_phi)), first_label, start, end, dtype)
+            for g, w in zip(got, want):
+                assert isinstance(g, cp.ndarray)
+                np.testing.assert_allclose(cp.asnumpy(g), w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("ctc_weight", [0.3, 1.0])
+def test_joint_ctc_attention_search_on_the_gpu_equals_the_cpu(ctc_weight):
+    lengths = [8, 13, 0, 5]
+    enc, logp = inputs(lengths, np.float64, seed=5)
+    decoder = toy_decoder("AttLoc", np.float64, eos_bias=0.5, layers=2)
+    options = SearchOptions(beam_size=3, nbest=2, ctc_weight=ctc_weight)
+    with pytest.warns(UserWarning):
+        got = batch_beam_search(decoder, cp.asarray(enc), lengths, ctc_logp=cp.asarray(logp), options=options)
+        want = batch_beam_search(decoder, enc, lengths, ctc_logp=logp, options=options)
+    for g_list, w_list in zip(got, want):
+        for g, w in zip(g_list, w_list):
+            assert_same(g, w, np.float64)

@@ -7,6 +7,8 @@ with the attention's kernel entry running the CPU kernel (conftest's ``kernel_on
   scores, alignments and peaks, with padded batches, empty utterances, n-best, penalty, min/max
   length ratios, end detection, LSTM and GRU cells, several layers, context_residual;
 - the host reads one flag per step, plus the results once at the end;
+- joint CTC/attention decoding (the CTC prefix scorer on the device, its recursion's kernel entry
+  running the CPU kernel: conftest's ``ctc_on_cpu``) gives the CPU search's hypotheses too;
 - what the GPU loop does not run yet is a typed error, and a real launch with no GPU fails typed.
 The CUDA kernels under it are tested on a GPU by test_cuda_espnet.py.
 """
@@ -140,8 +142,15 @@ def test_what_the_gpu_loop_does_not_run_is_a_typed_error(kernel_on_cpu):
     lengths = [4, 6]
     enc, logp = inputs(lengths, np.float32)
     decoder = toy_decoder("AttLoc", np.float32)
-    with pytest.raises(attnkit.UnsupportedError, match="ctc_weight > 0 runs on the CPU only"):
-        batch_beam_search(decoder, on(enc), lengths, ctc_logp=on(logp), options=SearchOptions(ctc_weight=0.3))
+    with pytest.raises(attnkit.UnsupportedError, match="ctc_window_margin > 0 runs on the CPU only"):
+        batch_beam_search(decoder, on(enc), lengths, ctc_logp=on(logp),
+                          options=SearchOptions(ctc_weight=0.3, ctc_window_margin=2))
+    with pytest.raises(TypeError, match="ctc_logp must be a GPU array like enc"):
+        batch_beam_search(decoder, on(enc), lengths, ctc_logp=logp, options=SearchOptions(ctc_weight=0.3))
+    with pytest.raises(ValueError, match="ctc_logp must be given"):
+        batch_beam_search(decoder, on(enc), lengths, options=SearchOptions(ctc_weight=0.3))
+    with pytest.raises(ValueError, match=r"ctc_logp must have shape \(2, 6, 7\)"):
+        batch_beam_search(decoder, on(enc), lengths, ctc_logp=on(logp[:, :-1]), options=SearchOptions(ctc_weight=0.3))
     with pytest.raises(attnkit.UnsupportedError, match="lm runs on the CPU only"):
         batch_beam_search(decoder, on(enc), lengths, lm=toy_lm())
     with pytest.raises(attnkit.UnsupportedError, match="beam_search runs on the CPU only"):
@@ -190,3 +199,48 @@ def test_the_bundled_recogniser_decodes_through_the_gpu_loop(kernel_on_cpu):
                    lambda e: [h[0] for h in batch_beam_search(model.decoder, e, lens, options=options)]):
         for g, w in zip(search(on(enc)), search(enc)):
             assert_same_hypothesis(g, w, np.float32)
+
+
+@pytest.mark.parametrize("ctc_weight", [0.3, 1.0])  # 1.0: no attention score, every label scored
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_joint_ctc_attention_search_on_the_device_equals_the_cpu(ctc_on_cpu, kernel_on_cpu, ctc_weight, dtype):
+    lengths = [8, 13, 0, 5]
+    enc, logp = inputs(lengths, dtype, seed=5)
+    decoder = toy_decoder("AttLoc", dtype, eos_bias=0.5, layers=2)
+    options = SearchOptions(beam_size=3, nbest=2, ctc_weight=ctc_weight, penalty=0.1)
+    with pytest.warns(UserWarning, match="utterance"):
+        want = batch_beam_search(decoder, enc, lengths, ctc_logp=logp, options=options, normalize_score=False)
+    with pytest.warns(UserWarning, match="utterance"):
+        got, reads = reads_during(lambda: batch_beam_search(decoder, on(enc), lengths, ctc_logp=on(logp),
+                                                            options=options, normalize_score=False))
+    assert len(ctc_on_cpu) == len(kernel_on_cpu) >= 2  # the recursion ran on the "device" each step
+    assert reads <= len(kernel_on_cpu) + 10            # and read nothing back per step
+    for g_list, w_list in zip(got, want):
+        assert [h.yseq.tolist() for h in g_list] == [h.yseq.tolist() for h in w_list]
+        for g, w in zip(g_list, w_list):
+            assert_same_hypothesis(g, w, dtype)
+
+
+def test_the_ctc_scorer_on_the_device_equals_the_cpu_scorer(ctc_on_cpu):
+    from attnkit.asr.ctc_prefix import CTCPrefixScoreBatch
+
+    lengths = [6, 9]
+    _, logp = inputs(lengths, np.float64, seed=8)
+    W, O = 2, logp.shape[2]
+    host, dev = CTCPrefixScoreBatch(logp, lengths, 0, EOS), CTCPrefixScoreBatch(on(logp), lengths, 0, EOS)
+    last = np.array([EOS] * 4)
+    host_state = dev_state = None
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        ids = np.stack([rng.permutation(np.arange(1, O))[:3] for _ in range(4)])
+        want, host_scores = host(last, i, host_state, ids)
+        got, dev_scores = dev(on(last), i, dev_state, on(ids))
+        assert isinstance(got, StandInArray)
+        np.testing.assert_allclose(got.a, want, rtol=1e-12, atol=1e-12)
+        best = np.stack([rng.permutation(W * O)[:W] for _ in range(len(lengths))])
+        host_state = host.select_state(host_scores, best)
+        dev_state = dev.select_state(dev_scores, on(best))
+        np.testing.assert_allclose(dev_state.r.a, host_state.r, rtol=1e-12, atol=1e-12)
+        last = best.reshape(-1) % O
+    with pytest.raises(attnkit.UnsupportedError, match="margin .* runs on the CPU only"):
+        CTCPrefixScoreBatch(on(logp), lengths, 0, EOS, margin=3)

@@ -13,7 +13,9 @@ log-probabilities that g ends at frame t with a label or a blank:
     psi(g eos) = logaddexp(r^n_{T-1}(g), r^b_{T-1}(g));  psi(g blank) = LOGZERO
 
 with r^n_0(c) = x_0(c) for the first label and LOGZERO elsewhere. Both classes share that
-recursion (``prefix_scores``); they differ in what ESPnet's two implementations do around it.
+recursion (``prefix_scores``: one C++ call per step, src/cpp/cpu/ctc_prefix.cc, or for CuPy arrays
+one CUDA launch, src/cuda/ctc_prefix.cu); they differ in what ESPnet's two implementations do
+around it.
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from typing import NamedTuple
 import numpy as np
 
 from attnkit import _core
-from attnkit._arrays import describe, host_float_array, lengths_array
+from attnkit._arrays import describe, host_float_array, is_device_array, lengths_array
+from attnkit._core import UnsupportedError
+from attnkit._cuda import GpuCall
 
 #: ESPnet's log(0).
 LOGZERO = -1e10
@@ -40,9 +44,12 @@ def prefix_scores(xs: np.ndarray, x_blank: np.ndarray, log_phi: np.ndarray, firs
     xs ``[T, N, C]`` x_t(c) of each candidate; x_blank ``[T, N]``; log_phi ``[T, N, C]``;
     first_label: |g| == 0; frames [start, end) are updated (ESPnet: start = max(|g|, 1), end = T,
     or the attention window). Returns r ``[T, 2, N, C]`` (state_dtype; frames outside the range
-    LOGZERO) and psi ``[N, C]`` (eos and blank not yet applied).
+    LOGZERO) and psi ``[N, C]`` (eos and blank not yet applied). CuPy arrays (one dtype, which is
+    then also the state's) give CuPy arrays, computed on their device.
     """
     T, N, C = xs.shape
+    if is_device_array(xs):
+        return _prefix_scores_device(xs, x_blank, log_phi, first_label, start, end)
     dtype = np.dtype(state_dtype)
     if dtype in (np.float32, np.float64) and xs.dtype == dtype and x_blank.dtype == dtype and log_phi.dtype == dtype:
         # One dtype throughout (every search but ESPnet's float32 states under a float64 model):
@@ -65,6 +72,19 @@ def prefix_scores(xs: np.ndarray, x_blank: np.ndarray, log_phi: np.ndarray, firs
     terms = log_phi[start - 1:end - 1] + xs[start:end]                   # [end-start, N, C]
     terms = np.concatenate([terms, r[start - 1, 0][None].astype(terms.dtype)], axis=0)
     return r, logsumexp(terms, axis=0)
+
+
+def _prefix_scores_device(xs, x_blank, log_phi, first_label: bool, start: int, end: int):
+    """``prefix_scores`` on GPU arrays of one dtype (src/cuda/ctc_prefix.cu), on the caller's stream."""
+    call = GpuCall("ctc_prefix_scores", {"xs": xs, "x_blank": x_blank, "log_phi": log_phi})
+    T, N, C = xs.shape
+    lib = call.lib
+    with call:
+        r, psi = lib.empty((T, 2, N, C), xs), lib.empty((N, C), xs)
+        _core.ctc_prefix_scores_cuda(*(call.capsule(lib.contiguous(a)) for a in (xs, x_blank, log_phi)),
+                                     bool(first_label), int(start), int(end), LOGZERO, call.capsule(r),
+                                     call.capsule(psi), call.stream)
+    return r, psi
 
 
 class CTCPrefixScore:
@@ -149,17 +169,31 @@ class CTCBatchScores(NamedTuple):
 
 
 class CTCPrefixScoreBatch:
-    """ESPnet's ``CTCPrefixScoreTH`` (the batched search's scorer), on NumPy.
+    """ESPnet's ``CTCPrefixScoreTH`` (the batched search's scorer), on NumPy or CuPy arrays.
 
     x ``[B, T, O]`` CTC log-posteriors (copied; frames past each length become LOGZERO with blank
-    0, as ESPnet does in place), lengths ``[B]``; rows are ``n = b * W + k`` (W hypotheses per
-    utterance). Computes in x's dtype. ``margin > 0`` restricts the frames to a window around the
-    attention's expected frames (ESPnet's ``ctc_window_margin``).
+    0, as ESPnet does in place), lengths ``[B]`` (host); rows are ``n = b * W + k`` (W hypotheses
+    per utterance). Computes in x's dtype, on x's device when x is a CuPy array (the recursion in
+    src/cuda/ctc_prefix.cu; the labels, states and row maps passed in are then arrays of that
+    device too). ``margin > 0`` restricts the frames to a window around the attention's expected
+    frames (ESPnet's ``ctc_window_margin``; CPU only: its bounds are host integers).
     """
 
     def __init__(self, x, lengths, blank: int, eos: int, margin: int = 0):
         op = "CTCPrefixScoreBatch"
-        x = host_float_array(op, "x", x, (3,))
+        if is_device_array(x):
+            call = GpuCall(op, {"x": x})
+            xp = getattr(call.lib, "xp", None)
+            if xp is None:
+                raise UnsupportedError(f"{op}: x must be a CuPy array on the GPU, got a {call.lib.name} array")
+            if x.ndim != 3 or x.dtype.kind != "f":
+                raise ValueError(f"{op}: x must be a 3-D float array [B, T, O], got {describe(x)}")
+            if margin:
+                raise UnsupportedError(f"{op}: margin (the CTC window) runs on the CPU only, got {margin} with a "
+                                       f"GPU x")
+        else:
+            xp = np
+            x = host_float_array(op, "x", x, (3,))
         B, T, O = x.shape
         lengths = lengths_array(op, "lengths", lengths, B, T, "T")
         for name, v in (("blank", blank), ("eos", eos)):
@@ -167,24 +201,25 @@ class CTCPrefixScoreBatch:
                 raise ValueError(f"{op}: {name} must be a label id in [0, {O}), got {describe(v)}")
         if not isinstance(margin, (int, np.integer)) or margin < 0:
             raise ValueError(f"{op}: margin must be an integer >= 0, got {describe(margin)}")
+        self.xp = xp
         self.blank, self.eos, self.margin = int(blank), int(eos), int(margin)
         self.batch, self.input_length, self.odim = B, T, O
         self.dtype = x.dtype
-        x_tbo = np.array(x.transpose(1, 0, 2))                                 # [T, B, O]
-        past = np.arange(T)[:, None] >= lengths[None, :]
-        x_tbo[past] = LOGZERO
-        x_tbo[past, self.blank] = 0
+        past = xp.asarray(np.arange(T)[:, None] >= lengths[None, :])        # [T, B]
+        x_tbo = xp.where(past[:, :, None], self.dtype.type(LOGZERO), x.transpose(1, 0, 2))  # [T, B, O], a copy
+        x_tbo[:, :, self.blank] = xp.where(past, self.dtype.type(0), x_tbo[:, :, self.blank])
         self.x = x_tbo
-        self.end_frames = lengths - 1
+        self.end_frames = xp.asarray(lengths - 1)
 
     def initial_state(self) -> None:
         return None
 
-    def _initial(self, utt: np.ndarray) -> CTCBatchState:
-        r = np.full((self.input_length, 2, utt.shape[0]), LOGZERO, dtype=self.dtype)
-        # torch's CPU cumsum accumulates float32 in double: so does this.
-        r[:, 1] = np.cumsum(self.x[:, :, self.blank], axis=0, dtype=np.float64)[:, utt]
-        return CTCBatchState(r, np.zeros((utt.shape[0], 1), self.dtype), 0, 1)
+    def _initial(self, utt) -> CTCBatchState:
+        xp = self.xp
+        r = xp.full((self.input_length, 2, utt.shape[0]), LOGZERO, dtype=self.dtype)
+        # torch's CPU cumsum accumulates float32 in double: so does this, on the GPU too.
+        r[:, 1] = xp.cumsum(self.x[:, :, self.blank], axis=0, dtype=np.float64)[:, utt].astype(self.dtype)
+        return CTCBatchState(r, xp.zeros((utt.shape[0], 1), self.dtype), 0, 1)
 
     def __call__(self, last, output_length: int, state: CTCBatchState | None, scoring_ids=None,
                  att_w=None, utterances=None) -> tuple[np.ndarray, CTCBatchScores]:
@@ -198,23 +233,25 @@ class CTCPrefixScoreBatch:
         have stopped). Returns the increments psi - s ``[N, O]`` and the scores to hand to
         ``select_state``.
         """
-        last = np.asarray(last)
+        xp = self.xp
+        last = xp.asarray(last)
         n = last.shape[0]
-        utt = np.arange(n) // (n // self.batch) if utterances is None else np.asarray(utterances)
+        every = xp.arange(n)
+        utt = every // (n // self.batch) if utterances is None else xp.asarray(utterances)
         if state is None:
             state = self._initial(utt)
         r_prev, s_prev, f_min_prev, f_max_prev = state
         T, O = self.input_length, self.odim
         if scoring_ids is None:
-            cands, slot = np.broadcast_to(np.arange(O), (n, O)), None
+            cands, slot = xp.broadcast_to(xp.arange(O), (n, O)), None
         else:
-            cands = np.asarray(scoring_ids)
-            slot = np.full((n, O), -1, dtype=np.int64)
-            slot[np.arange(n)[:, None], cands] = np.arange(cands.shape[1])
+            cands = xp.asarray(scoring_ids)
+            slot = xp.full((n, O), -1, dtype=np.int64)
+            slot[every[:, None], cands] = xp.arange(cands.shape[1])
         xs = self.x[:, utt[:, None], cands]                                    # [T, N, S]
-        r_sum = np.logaddexp(r_prev[:, 0], r_prev[:, 1])                       # [T, N]
+        r_sum = xp.logaddexp(r_prev[:, 0], r_prev[:, 1])                       # [T, N]
         # ESPnet replaces phi by r^b for the last label even for the empty prefix (last = sos).
-        log_phi = np.where((cands == last[:, None])[None], r_prev[:, 1, :, None], r_sum[:, :, None])
+        log_phi = xp.where((cands == last[:, None])[None], r_prev[:, 1, :, None], r_sum[:, :, None])
 
         if att_w is not None and self.margin > 0:
             f_arg = np.asarray(att_w) @ np.arange(T, dtype=self.dtype)
@@ -229,9 +266,9 @@ class CTCPrefixScoreBatch:
         if slot is None:
             psi = psi_c.astype(self.dtype, copy=False)
         else:
-            psi = np.full((n, O), LOGZERO, dtype=self.dtype)
-            psi[np.arange(n)[:, None], cands] = psi_c
-        psi[:, self.eos] = r_sum[self.end_frames[utt], np.arange(n)]
+            psi = xp.full((n, O), LOGZERO, dtype=self.dtype)
+            psi[every[:, None], cands] = psi_c
+        psi[:, self.eos] = r_sum[self.end_frames[utt], every]
         if self.eos != self.blank:
             psi[:, self.blank] = LOGZERO
         return psi - s_prev, CTCBatchScores(r, psi, f_min, f_max, slot)
@@ -240,16 +277,17 @@ class CTCPrefixScoreBatch:
         """The states of the kept candidates: best_ids ``[B, W]`` indices into each utterance's
         (W x O) candidates (``source hypothesis * O + label``), as the batched search picks them.
         A label that was not scored takes slot 0's r (its score is LOGZERO-ish anyway), as ESPnet."""
-        best_ids = np.asarray(best_ids)
+        xp = self.xp
+        best_ids = xp.asarray(best_ids)
         B, W = best_ids.shape
         n = scores.psi.shape[0]
         hyps = n // B
-        src = (best_ids // self.odim + (np.arange(B) * hyps)[:, None]).reshape(-1)
+        src = (best_ids // self.odim + (xp.arange(B) * hyps)[:, None]).reshape(-1)
         return self.select_rows(scores, src, (best_ids % self.odim).reshape(-1))
 
     def select_rows(self, scores: CTCBatchScores, src, label) -> CTCBatchState:
         """The states of rows ``src [M]`` extended by ``label [M]`` (``select_state`` with the
         source rows spelt out)."""
         s_new = scores.psi[src, label][:, None]
-        col = label if scores.slot is None else np.maximum(scores.slot[src, label], 0)
+        col = label if scores.slot is None else self.xp.maximum(scores.slot[src, label], 0)
         return CTCBatchState(scores.r[:, :, src, col], s_new, scores.f_min, scores.f_max)

@@ -14,7 +14,8 @@ every utterance ended?), and the results come back in one copy at the end, where
 by the CPU search's own code (``_Ended``, ``_Alignment``), so ranking, n-best and score
 normalisation are the CPU's. Rows are not dropped as utterances stop (that would need the host
 to know which): ESPnet also runs them to the end, and a stopped utterance records nothing more.
-Not on the GPU yet: CTC prefix scoring, the LM, the attention window.
+CTC prefix scores (``ctc_weight``) run on the device too (src/cuda/ctc_prefix.cu). Not on the GPU
+yet: the LM, the CTC and attention windows.
 
 Not yet run on a GPU (none has been lent to this project so far): tests/test_cuda_glue_decoder.py
 runs these loops on a NumPy stand-in for CuPy, through the GPU plumbing, against the CPU searches.
@@ -202,30 +203,54 @@ def _greedy(dd: DeviceDecoder, enc, lengths, maxlenratio: float, penalty: float)
     return results
 
 
-def batch_beam_search(decoder: RNNDecoder, enc, lengths, options, normalize: bool):
-    """``search.batch_beam_search`` on the device, without CTC and LM (checked by the caller)."""
+def batch_beam_search(decoder: RNNDecoder, enc, lengths, ctc_logp, options, normalize: bool):
+    """``search.batch_beam_search`` on the device, without LM and CTC window (checked by the caller)."""
     dd = decoder.on_device(enc)
     with dd.context():
-        return _batch_beam(dd, enc, lengths, options, normalize)
+        return _batch_beam(dd, enc, lengths, ctc_logp, options, normalize)
 
 
-def _batch_beam(dd: DeviceDecoder, enc, lengths, options, normalize: bool):
-    from attnkit.asr.ctc_prefix import LOGZERO
-    from attnkit.asr.search import END_DETECT_MARGIN, END_DETECT_STEPS, _empty_hypothesis, _max_length
+def _device_ctc(op: str, dd: DeviceDecoder, ctc_logp, enc_shape):
+    """ctc_logp ``[B, T, V]`` checked as a device array of the decoder's dtype (None when unused)."""
+    d = dd.decoder
+    if ctc_logp is None:
+        raise ValueError(f"{op}: ctc_logp must be given when options.ctc_weight > 0, got None")
+    if not is_device_array(ctc_logp):
+        raise TypeError(f"{op}: ctc_logp must be a GPU array like enc, got {describe(ctc_logp)}")
+    shape = tuple(enc_shape[:2]) + (d.vocab_size,)
+    if tuple(ctc_logp.shape) != shape:
+        raise ValueError(f"{op}: ctc_logp must have shape {shape} (B x frames x vocab_size, as enc), "
+                         f"got {tuple(ctc_logp.shape)}")
+    if ctc_logp.dtype.kind != "f":
+        raise TypeError(f"{op}: ctc_logp must be a float array, got {describe(ctc_logp)}")
+    return ctc_logp.astype(d.dtype, copy=False)
+
+
+def _batch_beam(dd: DeviceDecoder, enc, lengths, ctc_logp, options, normalize: bool):
+    from attnkit.asr.ctc_prefix import LOGZERO, CTCPrefixScoreBatch
+    from attnkit.asr.search import (CTC_SCORING_RATIO, END_DETECT_MARGIN, END_DETECT_STEPS, _empty_hypothesis,
+                                    _max_length)
 
     op = "batch_beam_search"
     decoder, xp = dd.decoder, dd.xp
     eos, V, beam = decoder.eos, decoder.vocab_size, options.beam_size
+    x = _device_ctc(op, dd, ctc_logp, enc.shape) if options.ctc_weight > 0 else None
     sub, lens, keep = _device_batch(op, dd, enc, lengths)
     results = [[_empty_hypothesis(decoder, 0)] for _ in range(enc.shape[0])]
     if sub is None:
         return results
     prepared = dd.prepare(sub, lens)
     B = keep.size
+    att_weight = 1.0 - options.ctc_weight
+    scorer = ctc_state = None
+    if x is not None:
+        scorer = CTCPrefixScoreBatch(x[xp.asarray(keep)][:, :sub.shape[1]], lens, decoder.blank, eos)
+        scoring_num = min(int(beam * CTC_SCORING_RATIO) if att_weight > 0 else 0, V)
     max_hlen = int(lens.max())
     maxlen = _max_length(options.maxlenratio, max_hlen)
     minlen = int(options.minlenratio * max_hlen)
     rows = np.repeat(np.arange(B), beam)  # row j * beam + k -> utterance j, for the whole search
+    rows_dev = xp.asarray(rows)
     lens_dev = xp.asarray(lens)[:, None]
     base = xp.asarray(np.arange(B) * beam)[:, None]
     state = dd.init_state(prepared, rows)
@@ -240,6 +265,12 @@ def _batch_beam(dd: DeviceDecoder, enc, lengths, options, normalize: bool):
     steps = []  # per step: src, label, weights, peak, and (ended score, ended mask, from eos) or None
     for i in range(maxlen):
         logp, new_state, att = dd.step(prepared, last, state, rows)
+        if scorer is not None:
+            local = att_weight * logp
+            local[:, decoder.blank] = LOGZERO
+            part = xp.argsort(-local, axis=1, kind="stable")[:, :scoring_num] if scoring_num > 0 else None
+            ctc_local, ctc_scores = scorer(last, i, ctc_state, part, utterances=rows_dev)
+            logp = local + options.ctc_weight * ctc_local
         local = logp.reshape(B, beam, V)
         if i == 0:
             local = xp.concatenate([local[:, :1], xp.full_like(local[:, 1:], LOGZERO)], axis=1)
@@ -274,6 +305,8 @@ def _batch_beam(dd: DeviceDecoder, enc, lengths, options, normalize: bool):
         if _host(xp, stop.all()):
             break
         state, vscores, last = dd.select(new_state, src), top, label
+        if scorer is not None:
+            ctc_state = scorer.select_rows(ctc_scores, src, label)
     return _beam_results(decoder, steps, B, beam, lens, keep, results, options, normalize, xp)
 
 

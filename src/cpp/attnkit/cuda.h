@@ -31,4 +31,8 @@ void scaled_dot_product_attention(const SdpaParams& p, const Launch& at);
 // clamped to their ranges on the device (the callers check them on the host).
 void additive_step(const AdditiveStepParams& p, const Launch& at);
 
+// The CTC prefix-score recursion with device pointers (dtype f32 or f64, every array
+// C-contiguous); the CPU kernel's semantics.
+void ctc_prefix_scores(const CtcPrefixParams& p, const Launch& at);
+
 }  // namespace attnkit::cuda

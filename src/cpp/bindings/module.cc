@@ -12,4 +12,5 @@ NB_MODULE(_core, m) {
   register_linear(m);
   register_lstm(m);
   register_ctc_prefix(m);
+  register_ctc_prefix_cuda(m);
 }

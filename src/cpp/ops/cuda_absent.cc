@@ -16,5 +16,8 @@ void scaled_dot_product_attention(const SdpaParams&, const Launch&) {
 void additive_step(const AdditiveStepParams&, const Launch&) {
   throw UnsupportedError("additive attention step: attnkit was built without CUDA, so it cannot run on GPU arrays");
 }
+void ctc_prefix_scores(const CtcPrefixParams&, const Launch&) {
+  throw UnsupportedError("ctc_prefix_scores: attnkit was built without CUDA, so it cannot run on GPU arrays");
+}
 
 }  // namespace attnkit::cuda
