@@ -49,16 +49,17 @@ def toy_decoder(cls="AttLoc", dtype=np.float32, *, seed=0, eos_bias=0.0, blank_b
                       rnn_type=rnn_type, context_residual=context_residual, attention=att, dtype=dtype)
 
 
-def toy_lm(dtype=np.float32, seed=3):
+def toy_lm(dtype=np.float32, seed=3, gates=4):
+    """A 2-layer RNNLM: LSTM cells (gates=4) or GRU cells (gates=3)."""
     rng = np.random.default_rng(seed)
     U = 6
     p = {"embed.weight": rng.standard_normal((V, U)), "lo.weight": 3 * rng.standard_normal((V, U)),
          "lo.bias": rng.standard_normal(V)}
     for layer in range(2):
-        p.update({f"rnn.{layer}.weight_ih": rng.standard_normal((4 * U, U)),
-                  f"rnn.{layer}.weight_hh": rng.standard_normal((4 * U, U)),
-                  f"rnn.{layer}.bias_ih": rng.standard_normal(4 * U),
-                  f"rnn.{layer}.bias_hh": rng.standard_normal(4 * U)})
+        p.update({f"rnn.{layer}.weight_ih": rng.standard_normal((gates * U, U)),
+                  f"rnn.{layer}.weight_hh": rng.standard_normal((gates * U, U)),
+                  f"rnn.{layer}.bias_ih": rng.standard_normal(gates * U),
+                  f"rnn.{layer}.bias_hh": rng.standard_normal(gates * U)})
     return RNNLM(p, dtype=dtype)
 
 

@@ -1,7 +1,8 @@
 """The decoder loop on CuPy arrays (attnkit.asr.device) against the CPU searches: greedy and
 batched beam search over the GPU attention steps, on toy decoders (the four GPU attention
 classes, LSTM and GRU, float32 and float64) and on the bundled recogniser's encoder output;
-joint CTC/attention search, and the CTC recursion's CUDA kernel against the CPU kernel.
+joint CTC/attention search with LM fusion, and the CTC recursion's CUDA kernel against the CPU
+kernel.
 test_cuda_glue_decoder.py runs the same loops on a stand-in without a GPU; this runs them on
 one. Skipped without a GPU, CuPy and a CUDA build of attnkit."""
 import numpy as np
@@ -93,6 +94,22 @@ def test_joint_ctc_attention_search_on_the_gpu_equals_the_cpu(ctc_weight):
     with pytest.warns(UserWarning):
         got = batch_beam_search(decoder, cp.asarray(enc), lengths, ctc_logp=cp.asarray(logp), options=options)
         want = batch_beam_search(decoder, enc, lengths, ctc_logp=logp, options=options)
+    for g_list, w_list in zip(got, want):
+        for g, w in zip(g_list, w_list):
+            assert_same(g, w, np.float64)
+
+
+@pytest.mark.parametrize("lm_gates", [4, 3])
+def test_lm_shallow_fusion_on_the_gpu_equals_the_cpu(lm_gates):
+    from test_asr_search import toy_lm
+
+    lengths = [9, 6, 12]
+    enc, logp = inputs(lengths, np.float64, seed=6)
+    decoder = toy_decoder("AttCov", np.float64, eos_bias=0.5)
+    lm = toy_lm(np.float64, gates=lm_gates)
+    options = SearchOptions(beam_size=3, nbest=2, lm_weight=0.7, ctc_weight=0.4)
+    got = batch_beam_search(decoder, cp.asarray(enc), lengths, ctc_logp=cp.asarray(logp), lm=lm, options=options)
+    want = batch_beam_search(decoder, enc, lengths, ctc_logp=logp, lm=lm, options=options)
     for g_list, w_list in zip(got, want):
         for g, w in zip(g_list, w_list):
             assert_same(g, w, np.float64)

@@ -8,10 +8,13 @@ with the attention's kernel entry running the CPU kernel (conftest's ``kernel_on
   length ratios, end detection, LSTM and GRU cells, several layers, context_residual;
 - the host reads one flag per step, plus the results once at the end;
 - joint CTC/attention decoding (the CTC prefix scorer on the device, its recursion's kernel entry
-  running the CPU kernel: conftest's ``ctc_on_cpu``) gives the CPU search's hypotheses too;
+  running the CPU kernel: conftest's ``ctc_on_cpu``) and RNN-LM shallow fusion give the CPU
+  search's hypotheses too;
 - what the GPU loop does not run yet is a typed error, and a real launch with no GPU fails typed.
 The CUDA kernels under it are tested on a GPU by test_cuda_espnet.py.
 """
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -151,8 +154,13 @@ def test_what_the_gpu_loop_does_not_run_is_a_typed_error(kernel_on_cpu):
         batch_beam_search(decoder, on(enc), lengths, options=SearchOptions(ctc_weight=0.3))
     with pytest.raises(ValueError, match=r"ctc_logp must have shape \(2, 6, 7\)"):
         batch_beam_search(decoder, on(enc), lengths, ctc_logp=on(logp[:, :-1]), options=SearchOptions(ctc_weight=0.3))
-    with pytest.raises(attnkit.UnsupportedError, match="lm runs on the CPU only"):
-        batch_beam_search(decoder, on(enc), lengths, lm=toy_lm())
+    lm = toy_lm()
+
+    class DuckLM:  # what the CPU search takes: any object with RNNLM's methods
+        predict, buff_predict, final, select = lm.predict, lm.buff_predict, lm.final, lm.select
+
+    with pytest.raises(attnkit.UnsupportedError, match="on the GPU lm must be an attnkit.asr.RNNLM"):
+        batch_beam_search(decoder, on(enc), lengths, lm=DuckLM())
     with pytest.raises(attnkit.UnsupportedError, match="beam_search runs on the CPU only"):
         beam_search(decoder, on(enc[0]))
     with pytest.raises(attnkit.UnsupportedError, match="AttDot runs on the CPU only"):
@@ -219,6 +227,27 @@ def test_joint_ctc_attention_search_on_the_device_equals_the_cpu(ctc_on_cpu, ker
         assert [h.yseq.tolist() for h in g_list] == [h.yseq.tolist() for h in w_list]
         for g, w in zip(g_list, w_list):
             assert_same_hypothesis(g, w, dtype)
+
+
+@pytest.mark.parametrize("lm_gates, ctc_weight", [(4, 0.0), (3, 0.0), (4, 0.4)])
+def test_lm_shallow_fusion_on_the_device_equals_the_cpu(ctc_on_cpu, kernel_on_cpu, lm_gates, ctc_weight):
+    lengths = [9, 6, 12]
+    enc, logp = inputs(lengths, np.float64, seed=6)
+    decoder = toy_decoder("AttCov", np.float64, eos_bias=0.5)
+    lm = toy_lm(np.float64, gates=lm_gates)
+    options = SearchOptions(beam_size=3, nbest=2, lm_weight=0.7, ctc_weight=ctc_weight)
+    want = batch_beam_search(decoder, enc, lengths, ctc_logp=logp, lm=lm, options=options)
+    got, reads = reads_during(lambda: batch_beam_search(decoder, on(enc), lengths, ctc_logp=on(logp), lm=lm,
+                                                        options=options))
+    assert lm.on_device(on(enc)) is lm.on_device(on(enc))  # weights copied once per device
+    assert reads <= len(kernel_on_cpu) + 10
+    assert len(ctc_on_cpu) == (len(kernel_on_cpu) if ctc_weight else 0)
+    for g_list, w_list in zip(got, want):
+        assert [h.yseq.tolist() for h in g_list] == [h.yseq.tolist() for h in w_list]
+        for g, w in zip(g_list, w_list):
+            assert_same_hypothesis(g, w, np.float64)
+    no_lm = batch_beam_search(decoder, enc, lengths, ctc_logp=logp, options=replace(options, lm_weight=0.0))
+    assert any(g[0].score != w[0].score for g, w in zip(got, no_lm))  # the LM did weigh in
 
 
 def test_the_ctc_scorer_on_the_device_equals_the_cpu_scorer(ctc_on_cpu):

@@ -14,8 +14,8 @@ every utterance ended?), and the results come back in one copy at the end, where
 by the CPU search's own code (``_Ended``, ``_Alignment``), so ranking, n-best and score
 normalisation are the CPU's. Rows are not dropped as utterances stop (that would need the host
 to know which): ESPnet also runs them to the end, and a stopped utterance records nothing more.
-CTC prefix scores (``ctc_weight``) run on the device too (src/cuda/ctc_prefix.cu). Not on the GPU
-yet: the LM, the CTC and attention windows.
+CTC prefix scores (``ctc_weight``) run on the device too (src/cuda/ctc_prefix.cu), and so does an
+``RNNLM`` for shallow fusion (``DeviceLM``). Not on the GPU yet: the CTC and attention windows.
 
 Not yet run on a GPU (none has been lent to this project so far): tests/test_cuda_glue_decoder.py
 runs these loops on a NumPy stand-in for CuPy, through the GPU plumbing, against the CPU searches.
@@ -29,18 +29,34 @@ from attnkit._core import UnsupportedError
 from attnkit._cuda import GpuCall
 from attnkit.asr._rows import select_rows
 from attnkit.asr.decoder import DecoderPrepared, DecoderState, RNNDecoder, log_softmax
+from attnkit.asr.lm import LMState, RNNLM
 from attnkit.asr.rnn import gru_from_gates, lstm_from_gates, lstm_gate_scale
 from attnkit.espnet._device import GPU_CLASSES
 
 
-def on_device(decoder: RNNDecoder, like) -> "DeviceDecoder":
-    """``decoder``'s DeviceDecoder for the GPU of CuPy array ``like``, made once per device."""
-    call = GpuCall("RNNDecoder.on_device", {"like": like})
-    cache = decoder.__dict__.setdefault("_on_device", {})
+def on_device(model, like):
+    """The device twin of ``model`` (an ``RNNDecoder``: a DeviceDecoder; an ``RNNLM``: a
+    DeviceLM) for the GPU of CuPy array ``like``, made once per device."""
+    twin = DeviceDecoder if isinstance(model, RNNDecoder) else DeviceLM
+    call = GpuCall(f"{type(model).__name__}.on_device", {"like": like})
+    cache = model.__dict__.setdefault("_on_device", {})
     key = (call.lib.name, call.device)
     if key not in cache:
-        cache[key] = DeviceDecoder(decoder, call)
+        cache[key] = twin(model, call)
     return cache[key]
+
+
+def _cupy_of(call: GpuCall):
+    xp = getattr(call.lib, "xp", None)
+    if xp is None:
+        raise UnsupportedError(f"{call.op}: like must be a CuPy array (the decoder loop runs on CuPy arrays), "
+                               f"got a {call.lib.name} array")
+    return xp
+
+
+def _uploader(xp):
+    """Host array -> C-contiguous device array."""
+    return lambda a: xp.asarray(np.ascontiguousarray(a))
 
 
 class DeviceDecoder:
@@ -50,10 +66,7 @@ class DeviceDecoder:
 
     def __init__(self, decoder: RNNDecoder, call: GpuCall):
         op = call.op
-        xp = getattr(call.lib, "xp", None)
-        if xp is None:
-            raise UnsupportedError(f"{op}: like must be a CuPy array (the decoder loop runs on CuPy arrays), "
-                                   f"got a {call.lib.name} array")
+        xp = _cupy_of(call)
         name = type(decoder.attention).__name__
         if name not in GPU_CLASSES:
             raise UnsupportedError(f"{op}: the decoder's attention {name} runs on the CPU only so far "
@@ -61,7 +74,7 @@ class DeviceDecoder:
         self.decoder, self.xp, self.device, self._lib = decoder, xp, call.device, call.lib
         self.lstm = decoder.rnn_type == "lstm"
         with call:
-            up = lambda a: xp.asarray(np.ascontiguousarray(a))  # noqa: E731
+            up = _uploader(xp)
             self._token_gates = up(decoder._token_gates)
             # Products as x @ W^T with W^T stored contiguous ([K, A]), cuBLAS's preferred layout.
             self._w_cell0 = up(decoder._w_cell0.unpacked().T)
@@ -119,6 +132,46 @@ class DeviceDecoder:
         top = xp.concatenate([h[-1], out.context], axis=1) if d.context_residual else h[-1]
         logp = log_softmax(top @ self._w_out + self._b_out)
         return logp, DecoderState(tuple(h), tuple(c) if self.lstm else None, out.state), out
+
+
+class DeviceLM:
+    """An ``RNNLM``'s ``predict`` / ``select`` on one GPU, the CPU's formulas on CuPy arrays; made
+    by ``RNNLM.on_device(like)``. Its ``final`` is 0, as the CPU LM's."""
+
+    def __init__(self, lm: RNNLM, call: GpuCall):
+        xp = _cupy_of(call)
+        self.lm, self.xp, self.lstm = lm, xp, lm.rnn_type == "lstm"
+        with call:
+            up = _uploader(xp)
+            self._token_gates = up(lm._token_gates)  # layer 0's input product per token, with its bias
+            self._cells = [{"w_ih": None if layer == 0 else up(c["weight_ih"].unpacked().T),
+                            "w_hh": up(c["weight_hh"].unpacked().T), "b_ih": up(c["bias_ih"]),
+                            "b_hh": up(c["bias_hh"])} for layer, c in enumerate(lm._cells)]
+            self._lo_w, self._lo_b = up(lm._lo_w.unpacked().T), up(lm._lo_b)
+            self._gate_scale = up(lstm_gate_scale(lm.n_units, lm.dtype)) if self.lstm else None
+
+    def predict(self, state: LMState | None, y) -> tuple[LMState, object]:
+        """``RNNLM.predict`` for tokens y ``[N]`` (int64 on the device): (new state, log p ``[N, V]``)."""
+        xp, n, U = self.xp, y.shape[0], self.lm.n_units
+        if state is None:
+            zeros = tuple(xp.zeros((n, U), self.lm.dtype) for _ in self._cells)
+            state = LMState(zeros, tuple(xp.zeros((n, U), self.lm.dtype) for _ in self._cells) if self.lstm else None)
+        h, c, x = [], [], None
+        for layer, p in enumerate(self._cells):
+            gx = self._token_gates[y] if layer == 0 else x @ p["w_ih"] + p["b_ih"]
+            gh = state.h[layer] @ p["w_hh"] + p["b_hh"]
+            if self.lstm:
+                hl, cl = lstm_from_gates(gh + gx, state.c[layer], self._gate_scale)  # the CPU's order of sums
+                c.append(cl)
+            else:
+                hl = gru_from_gates(gx, gh, state.h[layer])
+            h.append(hl)
+            x = hl
+        return LMState(tuple(h), tuple(c) if self.lstm else None), log_softmax(x @ self._lo_w + self._lo_b)
+
+    def select(self, state: LMState | None, index) -> LMState | None:
+        """The state of rows ``index`` (a GPU int64 array)."""
+        return select_rows(state, index)
 
 
 def _host(xp, x) -> np.ndarray:
@@ -203,11 +256,13 @@ def _greedy(dd: DeviceDecoder, enc, lengths, maxlenratio: float, penalty: float)
     return results
 
 
-def batch_beam_search(decoder: RNNDecoder, enc, lengths, ctc_logp, options, normalize: bool):
-    """``search.batch_beam_search`` on the device, without LM and CTC window (checked by the caller)."""
+def batch_beam_search(decoder: RNNDecoder, enc, lengths, ctc_logp, lm, options, normalize: bool):
+    """``search.batch_beam_search`` on the device, without the CTC window (checked by the caller)."""
+    if lm is not None and not isinstance(lm, RNNLM):
+        raise UnsupportedError(f"batch_beam_search: on the GPU lm must be an attnkit.asr.RNNLM, got {describe(lm)}")
     dd = decoder.on_device(enc)
     with dd.context():
-        return _batch_beam(dd, enc, lengths, ctc_logp, options, normalize)
+        return _batch_beam(dd, enc, lengths, ctc_logp, None if lm is None else lm.on_device(enc), options, normalize)
 
 
 def _device_ctc(op: str, dd: DeviceDecoder, ctc_logp, enc_shape):
@@ -226,7 +281,7 @@ def _device_ctc(op: str, dd: DeviceDecoder, ctc_logp, enc_shape):
     return ctc_logp.astype(d.dtype, copy=False)
 
 
-def _batch_beam(dd: DeviceDecoder, enc, lengths, ctc_logp, options, normalize: bool):
+def _batch_beam(dd: DeviceDecoder, enc, lengths, ctc_logp, dlm: DeviceLM | None, options, normalize: bool):
     from attnkit.asr.ctc_prefix import LOGZERO, CTCPrefixScoreBatch
     from attnkit.asr.search import (CTC_SCORING_RATIO, END_DETECT_MARGIN, END_DETECT_STEPS, _empty_hypothesis,
                                     _max_length)
@@ -242,7 +297,7 @@ def _batch_beam(dd: DeviceDecoder, enc, lengths, ctc_logp, options, normalize: b
     prepared = dd.prepare(sub, lens)
     B = keep.size
     att_weight = 1.0 - options.ctc_weight
-    scorer = ctc_state = None
+    scorer = ctc_state = lm_state = None
     if x is not None:
         scorer = CTCPrefixScoreBatch(x[xp.asarray(keep)][:, :sub.shape[1]], lens, decoder.blank, eos)
         scoring_num = min(int(beam * CTC_SCORING_RATIO) if att_weight > 0 else 0, V)
@@ -265,8 +320,13 @@ def _batch_beam(dd: DeviceDecoder, enc, lengths, ctc_logp, options, normalize: b
     steps = []  # per step: src, label, weights, peak, and (ended score, ended mask, from eos) or None
     for i in range(maxlen):
         logp, new_state, att = dd.step(prepared, last, state, rows)
+        if dlm is not None:  # the CPU search's order of sums: attention, LM, CTC
+            lm_new, lm_logp = dlm.predict(lm_state, last)
+            logp = att_weight * logp + options.lm_weight * lm_logp
+        elif scorer is not None:
+            logp = att_weight * logp
         if scorer is not None:
-            local = att_weight * logp
+            local = logp
             local[:, decoder.blank] = LOGZERO
             part = xp.argsort(-local, axis=1, kind="stable")[:, :scoring_num] if scoring_num > 0 else None
             ctc_local, ctc_scores = scorer(last, i, ctc_state, part, utterances=rows_dev)
@@ -307,6 +367,8 @@ def _batch_beam(dd: DeviceDecoder, enc, lengths, ctc_logp, options, normalize: b
         state, vscores, last = dd.select(new_state, src), top, label
         if scorer is not None:
             ctc_state = scorer.select_rows(ctc_scores, src, label)
+        if dlm is not None:
+            lm_state = dlm.select(lm_new, src)
     return _beam_results(decoder, steps, B, beam, lens, keep, results, options, normalize, xp)
 
 

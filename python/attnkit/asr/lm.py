@@ -90,6 +90,13 @@ class RNNLM:
         return (f"attnkit.asr.RNNLM(vocab_size={self.vocab_size}, n_layers={self.n_layers}, n_units={self.n_units}, "
                 f"rnn_type={self.rnn_type!r}, dtype={self.dtype.name})")
 
+    def on_device(self, like):
+        """This LM on the GPU that holds CuPy array ``like``: an ``attnkit.asr.device.DeviceLM``
+        with the weights copied there, made once per device (the GPU batched search uses it)."""
+        from attnkit.asr import device  # it builds on this module
+
+        return device.on_device(self, like)
+
     def zero_state(self, n: int) -> LMState:
         h = tuple(np.zeros((n, self.n_units), self.dtype) for _ in range(self.n_layers))
         c = tuple(z.copy() for z in h) if self.rnn_type == "lstm" else None

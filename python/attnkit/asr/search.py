@@ -447,20 +447,20 @@ def batch_beam_search(decoder: RNNDecoder, enc, lengths, *, ctc_logp=None, lm=No
     detection regardless of maxlenratio; utterances with nothing ended get [sos, eos] with -inf;
     ``normalize_score`` divides by len(yseq) (ESPnet's E2E passes ctc_weight == 0). Returns the
     ``nbest`` best hypotheses per utterance (an empty one, with a warning, for length 0). With
-    ``enc`` a CuPy array the search runs on its GPU (attnkit.asr.device), ctc_logp on it too; no LM
-    or CTC window there so far.
+    ``enc`` a CuPy array the search runs on its GPU (attnkit.asr.device), ctc_logp (a CuPy array)
+    and an RNNLM too; no CTC window there so far.
     """
     op = "batch_beam_search"
     decoder = _check_decoder(op, decoder)
     options = _check_options(op, options)
     lm = _check_lm(op, lm, decoder)
     if is_device_array(enc):
-        for name, given in (("lm", lm is not None), ("ctc_window_margin > 0", options.ctc_window_margin > 0),
+        for name, given in (("ctc_window_margin > 0", options.ctc_window_margin > 0),
                             ("trans_token", trans_token is not None)):
             if given:
                 raise UnsupportedError(f"{op}: {name} runs on the CPU only so far, got it with a GPU enc (on the "
-                                       f"GPU: attention and CTC scores)")
-        return device.batch_beam_search(decoder, enc, lengths, ctc_logp, options, bool(normalize_score))
+                                       f"GPU: attention, CTC and LM scores)")
+        return device.batch_beam_search(decoder, enc, lengths, ctc_logp, lm, options, bool(normalize_score))
     enc = _encoder(op, enc, 3, decoder)
     x = _ctc_input(op, ctc_logp, options, decoder, enc.shape[:2] + (decoder.vocab_size,))
     sub, lens, tau, keep = _padded_batch(op, enc, lengths, trans_token)
