@@ -1,8 +1,8 @@
 """The decoder loop on CuPy arrays (attnkit.asr.device) against the CPU searches: greedy and
 batched beam search over the GPU attention steps, on toy decoders (the four GPU attention
 classes, LSTM and GRU, float32 and float64) and on the bundled recogniser's encoder output;
-joint CTC/attention search with LM fusion, and the CTC recursion's CUDA kernel against the CPU
-kernel.
+joint CTC/attention search with LM fusion, the CTC recursion's CUDA kernel against the CPU
+kernel, and the model's encoder and CTC layer (attnkit.asr.device_encoder).
 test_cuda_glue_decoder.py runs the same loops on a stand-in without a GPU; this runs them on
 one. Skipped without a GPU, CuPy and a CUDA build of attnkit."""
 import numpy as np
@@ -113,3 +113,32 @@ def test_lm_shallow_fusion_on_the_gpu_equals_the_cpu(lm_gates):
     for g_list, w_list in zip(got, want):
         for g, w in zip(g_list, w_list):
             assert_same(g, w, np.float64)
+
+
+@pytest.mark.parametrize("case", ["blstmp-subsample", "gru-no-projection", "conv2d-blstm", "vgg-blstmp"])
+def test_encode_and_ctc_on_the_gpu_equal_the_cpu(case):
+    from test_asr_encoder import padded_batch
+    from test_asr_model import TINY
+    from test_cuda_glue_encoder import tiny_model
+
+    rng = np.random.default_rng(0)
+    model, lengths = tiny_model(rng, case, np.float64, positional_encoding=True)
+    lengths = [n + 6 for n in lengths]
+    feats = padded_batch(rng, lengths, TINY["input_size"], frames=max(lengths) + 3)
+    want, want_lengths = model.encode(feats, lengths)
+    got, got_lengths = model.encode(cp.asarray(feats), lengths)
+    np.testing.assert_array_equal(got_lengths, want_lengths)
+    np.testing.assert_allclose(cp.asnumpy(got), want, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(cp.asnumpy(model.ctc_log_probs(got)), model.ctc_log_probs(want), rtol=1e-9, atol=1e-9)
+
+
+def test_the_recogniser_on_the_gpu_transcribes_the_bundled_samples():
+    from attnkit.asr import bundled_samples
+
+    pytest.importorskip("soundfile")
+    gpu = Recognizer(device="cuda")
+    cpu = Recognizer(gpu.model)
+    for path in bundled_samples():
+        got, want = gpu.transcribe_file(path), cpu.transcribe_file(path)
+        assert got.token_ids == want.token_ids, path.name
+        np.testing.assert_allclose(got.weights, want.weights, rtol=1e-4, atol=1e-4)

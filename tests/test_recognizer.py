@@ -10,6 +10,7 @@ pytest.importorskip("kaldi_native_fbank")
 pytest.importorskip("safetensors")
 import soundfile
 
+from attnkit import _core
 from attnkit.asr import AsrModel, AudioError, Recognizer, bundled_samples
 from attnkit.asr.commands import edit_distance
 from attnkit.asr.recognizer import BUNDLED_MODEL, tokens_to_text
@@ -129,9 +130,14 @@ def test_edit_distance():
     assert edit_distance([], ["a"]) == 1 and edit_distance("abc", "abc") == 0
 
 
-def test_cuda_device_is_refused_clearly(model_dir):
-    with pytest.raises(SystemExit, match="GPU decoding is not available"):
+@pytest.mark.skipif(_core.cuda_device_count()[0] > 0, reason="a GPU is here")
+def test_cuda_device_without_a_gpu_is_refused_clearly(model_dir):
+    # Without CuPy, without the CUDA part or without a GPU: each says so, naming the option.
+    with pytest.raises(SystemExit, match=r"--device cuda: Recognizer\(device='cuda'\): (needs CuPy|this attnkit was "
+                                         r"built without CUDA|needs a GPU)"):
         main(["transcribe", "--model", str(model_dir), "--device", "cuda"])
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda', got 'gpu'"):
+        Recognizer(model_dir, device="gpu")
 
 
 @pytest.mark.skipif(not (BUNDLED_MODEL / "model.safetensors").is_file(), reason="no bundled model in this tree")

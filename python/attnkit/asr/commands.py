@@ -16,18 +16,20 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ctc-weight", type=float, default=0.0,
                    help="joint CTC/attention weight in [0, 1] (model with a CTC branch; default 0)")
     p.add_argument("--penalty", type=float, default=0.0, help="score added per emitted token (default 0)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default cpu)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the encoder and search run (default cpu); cuda needs CuPy and a GPU, and runs a "
+                        "beam > 1 as the batched search (ESPnet's recognize_beam_batch rules)")
 
 
 def _recognizer(args):
+    from attnkit._core import UnsupportedError
     from attnkit.asr.recognizer import Recognizer
 
-    if args.device == "cuda":
-        raise SystemExit("attnkit: --device cuda: GPU decoding is not available yet in the command line (the "
-                         "encoder and CTC scoring run on the CPU only, and the GPU code has not been verified on a "
-                         "GPU; from Python, greedy_search / batch_beam_search take a CuPy encoder output); use "
-                         "--device cpu")
-    return Recognizer(args.model, beam=args.beam, ctc_weight=args.ctc_weight, penalty=args.penalty)
+    try:
+        return Recognizer(args.model, beam=args.beam, ctc_weight=args.ctc_weight, penalty=args.penalty,
+                          device=args.device)
+    except UnsupportedError as e:
+        raise SystemExit(f"attnkit: --device {args.device}: {e}") from None
 
 
 def _progress(items, what: str):

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from attnkit._arrays import describe, host_float_array
+from attnkit._arrays import describe, host_float_array, is_device_array
 from attnkit._core import UnsupportedError
 from attnkit.asr.decoder import RNNDecoder
 from attnkit.asr.encoder import RNNEncoder, encoder_conf_with_defaults
@@ -317,8 +317,11 @@ class AsrModel:
         """feats ``[B, T, F]`` (float32/float64, cast to the model's dtype), lengths ``[B]`` or None
         (all T) -> (enc ``[B, T', E]``, enc_lengths ``[B]`` int64), as ESPnet2's
         ``ESPnetASRModel.encode`` (normalize, then the encoder) on each utterance; T' =
-        max(enc_lengths) and enc = 0 past each length."""
+        max(enc_lengths) and enc = 0 past each length. A CuPy feats runs on its GPU (enc a CuPy
+        array there, enc_lengths on the host: attnkit.asr.device_encoder)."""
         op = "AsrModel.encode"
+        if is_device_array(feats):
+            return self.on_device(feats).encode(feats, lengths)
         feats, lengths = padded_batch(op, feats, lengths, self.config.input_size, name="feats", what=" (input_size)")
         x = feats.astype(self.dtype, copy=False)
         if self.normalize is not None:
@@ -327,10 +330,15 @@ class AsrModel:
 
     def ctc_log_probs(self, enc: np.ndarray) -> np.ndarray:
         """enc ``[B, T', E]`` -> log_softmax(enc W^T + b) ``[B, T', V]`` (ESPnet's
-        ``CTC.log_softmax``); rows past the lengths are computed too and are to be ignored."""
+        ``CTC.log_softmax``); rows past the lengths are computed too and are to be ignored. A CuPy
+        enc gives a CuPy array, computed on its GPU."""
         op = "AsrModel.ctc_log_probs"
         if not self.has_ctc:
             raise UnsupportedError(f"{op}: this model has no CTC branch (ctc_weight = {self.config.ctc_weight})")
+        if is_device_array(enc):
+            if enc.ndim != 3 or enc.shape[2] != self.config.eprojs:
+                raise ValueError(f"{op}: enc must have shape [B, T', {self.config.eprojs}], got {describe(enc)}")
+            return self.on_device(enc).ctc_log_probs(enc)
         enc = host_float_array(op, "enc", enc, (3,))
         if enc.shape[2] != self.config.eprojs:
             raise ValueError(f"{op}: enc must have shape [B, T', {self.config.eprojs}], got {enc.shape}")
@@ -338,6 +346,15 @@ class AsrModel:
         z -= z.max(axis=-1, keepdims=True)
         z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
         return z
+
+    def on_device(self, like):
+        """This model's normalisation, encoder and CTC layer on the GPU that holds CuPy array
+        ``like``: an ``attnkit.asr.device_encoder.DeviceEncoder``, weights copied once per device
+        (``encode`` and ``ctc_log_probs`` use it for CuPy inputs; ``self.decoder.on_device`` is the
+        decoder's twin)."""
+        from attnkit.asr import device_encoder  # it builds on this module's parts
+
+        return device_encoder.on_device(self, like)
 
     def __repr__(self) -> str:
         c = self.config

@@ -12,16 +12,34 @@ from pathlib import Path
 
 import numpy as np
 
+from attnkit._core import UnsupportedError
 from attnkit.asr.audio import load_audio
 from attnkit.asr.features import FeatureExtractor
 from attnkit.asr.model import AsrModel
-from attnkit.asr.search import SearchOptions, beam_search, greedy_search
+from attnkit.asr.search import SearchOptions, batch_beam_search, beam_search, greedy_search
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = PACKAGE_DIR / "models" / "digits"
 BUNDLED_SAMPLES = PACKAGE_DIR / "data" / "samples"
 
 _SPACE = "<space>"
+
+
+def gpu_array_module():
+    """CuPy, once it is known that attnkit's CUDA part is built and a GPU is there."""
+    from attnkit import _core
+
+    op = "Recognizer(device='cuda')"
+    if not _core.cuda_built():
+        raise UnsupportedError(f"{op}: this attnkit was built without CUDA (no nvcc at install time)")
+    try:
+        import cupy
+    except ImportError as e:
+        raise UnsupportedError(f"{op}: needs CuPy: pip install 'attnkit[cuda]'") from e
+    count, why = _core.cuda_device_count()
+    if count == 0:
+        raise UnsupportedError(f"{op}: needs a GPU, found none ({why})")
+    return cupy
 
 
 def bundled_samples() -> list[Path]:
@@ -81,10 +99,20 @@ class Recognizer:
     without CTC is greedy search; otherwise ESPnet's ``recognize_beam`` with ``ctc_weight`` (joint
     CTC/attention scoring when the model has a CTC branch), ``penalty``, ``maxlenratio``,
     ``minlenratio``.
+
+    device ``"cuda"``: the encoder and the search run on the current CuPy device (features and the
+    result stay on the host). There the beam search is the batched one (ESPnet's
+    ``recognize_beam_batch`` rules for one utterance, ranked by raw score as ``recognize_beam``),
+    since the single-utterance search has no GPU loop; it can end hypotheses differently from the
+    CPU's ``recognize_beam`` (spec section 3.5). Needs CuPy, attnkit's CUDA part and a GPU.
     """
 
     def __init__(self, model=None, *, beam: int = 1, ctc_weight: float = 0.0, penalty: float = 0.0,
-                 maxlenratio: float = 0.0, minlenratio: float = 0.0):
+                 maxlenratio: float = 0.0, minlenratio: float = 0.0, device: str = "cpu"):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"Recognizer: device must be 'cpu' or 'cuda', got {device!r}")
+        self.device = device
+        self._xp = gpu_array_module() if device == "cuda" else None
         if model is None:
             model = BUNDLED_MODEL
         self.model = model if isinstance(model, AsrModel) else AsrModel.load(model)
@@ -124,10 +152,15 @@ class Recognizer:
             return Transcript(text="", tokens=[], token_ids=[], score=0.0, peaks=np.zeros(0, np.int64),
                               peak_seconds=np.zeros(0), weights=np.zeros((0, 0), np.float32), features=feats,
                               audio_seconds=audio_seconds, seconds=time.perf_counter() - start)
-        enc, enc_lengths = self.model.encode(feats[None], [feats.shape[0]])
+        batch = feats[None] if self._xp is None else self._xp.asarray(feats[None])
+        enc, enc_lengths = self.model.encode(batch, [feats.shape[0]])
         o = self.options
         if o.beam_size == 1 and o.ctc_weight == 0:
             hyp = greedy_search(self.model.decoder, enc, enc_lengths, maxlenratio=o.maxlenratio, penalty=o.penalty)[0]
+        elif self._xp is not None:
+            lpz = self.model.ctc_log_probs(enc) if o.ctc_weight > 0 else None
+            hyp = batch_beam_search(self.model.decoder, enc, enc_lengths, ctc_logp=lpz, options=o,
+                                    normalize_score=False)[0][0]
         else:
             lpz = self.model.ctc_log_probs(enc)[0] if o.ctc_weight > 0 else None
             hyp = beam_search(self.model.decoder, enc[0], ctc_logp=lpz, options=o)[0]
