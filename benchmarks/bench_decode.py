@@ -12,6 +12,11 @@ same ones. Reported: utterances per second, real-time factor (compute / audio), 
 Both libraries get the same thread count (--threads).
 
     python benchmarks/bench_decode.py [--model DIR] [--wav-dir DIR] [--threads 1] [--out PREFIX]
+                                      [--device cuda]
+
+With --device cuda both sides decode on the GPU (attnkit: encoder and searches on CuPy arrays, the
+single-utterance "beam" row as the batched search of one utterance; PyTorch: the same loops on
+CUDA tensors); the times include copying each batch's features to the device.
 """
 from __future__ import annotations
 
@@ -31,8 +36,9 @@ from attnkit.bench.decode import attnkit_runner, load_features, padded
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def torch_runner(model, mode, beam, batch):
-    """ESPnet's espnet1 Decoder loops on PyTorch with the model's weights; None without torch/espnet."""
+def torch_runner(model, mode, beam, batch, device="cpu"):
+    """ESPnet's espnet1 Decoder loops on PyTorch with the model's weights (on `device`); None without
+    torch/espnet."""
     try:
         import torch
         from espnet.nets.pytorch_backend.rnn.attentions import AttLoc
@@ -57,6 +63,8 @@ def torch_runner(model, mode, beam, batch):
         elif k.startswith("decoder."):
             local[k[len("decoder."):]] = v
     dec.load_state_dict(local)
+    torch_model.to(device)
+    dec.to(device)
     args = SimpleNamespace(beam_size=beam, penalty=0.0, ctc_weight=0.0, maxlenratio=0.0, minlenratio=0.0, nbest=1,
                            lm_weight=0.0)
     char_list = list(model.token_list)
@@ -66,7 +74,7 @@ def torch_runner(model, mode, beam, batch):
         out = []
         for i in range(0, len(feats), batch):
             x, lengths = padded(feats[i:i + batch])
-            enc, enc_lengths = torch_model.encode(torch.from_numpy(x), torch.from_numpy(lengths))
+            enc, enc_lengths = torch_model.encode(torch.from_numpy(x).to(device), torch.from_numpy(lengths).to(device))
             if mode == "batch-beam":
                 hyps = dec.recognize_beam_batch(enc, enc_lengths, None, args, char_list)
                 out += [h[0]["yseq"][1:-1] for h in hyps]
@@ -100,9 +108,16 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16, help="utterances per batch in the batched search")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="write PREFIX.json and PREFIX.md")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: attnkit on CuPy arrays and PyTorch on its CUDA device (features still on the host)")
     args = p.parse_args(argv)
 
     attnkit.set_num_threads(args.threads)
+    xp = None
+    if args.device == "cuda":
+        from attnkit.asr.recognizer import gpu_array_module
+
+        xp = gpu_array_module()
     rec = Recognizer(args.model)
     files = sorted(Path(args.wav_dir).rglob("*.wav"))[: args.limit] if args.wav_dir else bundled_samples()
     feats, audio_seconds = load_features(rec, files)
@@ -115,10 +130,10 @@ def main(argv=None) -> int:
     cases = [("greedy", 1, 1), ("beam", 10, 1), ("batch-beam", 10, args.batch)]
     rows = []
     for mode, beam, batch in cases:
-        t_ak, out_ak = timed(attnkit_runner(rec.model, mode, beam, batch), feats, args.repeats)
+        t_ak, out_ak = timed(attnkit_runner(rec.model, mode, beam, batch, xp), feats, args.repeats)
         row = {"search": mode, "beam": beam, "batch": batch, "utterances": len(feats), "audio_seconds": audio_seconds,
                "attnkit_s": t_ak, "attnkit_rtf": t_ak / audio_seconds, "attnkit_utt_per_s": len(feats) / t_ak}
-        runner = torch_runner(rec.model, mode, beam, batch)
+        runner = torch_runner(rec.model, mode, beam, batch, args.device)
         if runner is not None:
             t_pt, out_pt = timed(runner, feats, args.repeats)
             row.update(torch_s=t_pt, torch_rtf=t_pt / audio_seconds, torch_utt_per_s=len(feats) / t_pt,
@@ -129,10 +144,14 @@ def main(argv=None) -> int:
             "machine": platform.processor() or platform.machine(), "threads": args.threads,
             "attnkit": attnkit.__version__, "numpy": np.__version__, "torch": torch_version,
             "cpu_isa": attnkit.show_config().get("cpu_isa_active"), "model": args.model,
-            "files": len(files)}
+            "files": len(files), "device": args.device}
+    if xp is not None:
+        meta["gpu"] = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
+        meta["cupy"] = xp.__version__
     if args.out:
         Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-        lines = [f"Decoding, {meta['files']} utterances ({audio_seconds:.1f} s of audio), {args.threads} thread(s), "
+        where = f"on {meta['gpu']}" if xp is not None else f"{args.threads} thread(s)"
+        lines = [f"Decoding, {meta['files']} utterances ({audio_seconds:.1f} s of audio), {where}, "
                  f"{meta['date']}, attnkit {meta['attnkit']}, torch {torch_version}", "",
                  "| search | beam | batch | attnkit RTF | attnkit utt/s | torch RTF | torch utt/s | speed-up | same hyps |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

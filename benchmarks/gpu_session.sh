@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a session with a lent H100/H200 needs, in one device call (the device tool runs it
 # in the repository root; what lands in $OUT comes back):
-#   bash benchmarks/gpu_session.sh            # build, GPU tests, memcheck, GPU benchmark
+#   bash benchmarks/gpu_session.sh            # build, GPU tests, memcheck, GPU benchmarks
 #   bash benchmarks/gpu_session.sh tests      # build and GPU tests only
 # The machine has nvcc, CMake, nanobind, scikit-build-core, CuPy, PyTorch and pytest, and no
 # network: attnkit is built from this checkout without build isolation, into /tmp/site.
@@ -43,3 +43,7 @@ python3 -m attnkit bench --ops espnet-step --backends attnkit-cuda,torch-cuda --
   > "$OUT/bench-espnet.log" 2>&1
 echo "espnet bench exit $?"
 tail -20 "$OUT/gpu-espnet-step.md" 2>/dev/null || tail -30 "$OUT/bench-espnet.log"
+# End to end (needs the asr extra's soundfile and kaldi-native-fbank; ESPnet for the PyTorch side).
+python3 benchmarks/bench_decode.py --device cuda --out "$OUT/gpu-decode" > "$OUT/bench-decode.log" 2>&1
+echo "decode bench exit $?"
+cat "$OUT/gpu-decode.md" 2>/dev/null || tail -20 "$OUT/bench-decode.log"

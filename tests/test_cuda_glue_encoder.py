@@ -97,3 +97,18 @@ def test_the_recogniser_on_the_device_transcribes_as_the_cpu(lib, kernel_on_cpu,
             assert got.text == cpu.transcribe_file(path).text  # and the CPU's recognize_beam agrees here
         assert got.score == pytest.approx(want.score if beam == 1 else float(hyp.score), rel=1e-5)
     assert len(kernel_on_cpu) > 0 and len(ctc_on_cpu) == (len(kernel_on_cpu) if ctc_weight else 0)
+
+
+def test_the_decode_benchmark_runs_through_the_device(lib, kernel_on_cpu):
+    """attnkit.bench.decode's runner with a GPU array module (benchmarks/bench_decode.py --device
+    cuda): the same token ids as the CPU runner for greedy and batched search."""
+    from attnkit.asr import Recognizer
+    from attnkit.bench.decode import attnkit_runner
+
+    model = Recognizer().model
+    rng = np.random.default_rng(1)
+    feats = [rng.standard_normal((n, model.config.input_size)).astype(np.float32) for n in (90, 140, 60)]
+    for search, beam, batch in (("greedy", 1, 2), ("batch-beam", 4, 3), ("beam", 4, 1)):
+        got = attnkit_runner(model, search, beam, batch, lib.xp)(feats)
+        want = attnkit_runner(model, "batch-beam" if search == "beam" else search, beam, batch)(feats)
+        assert got == want, search

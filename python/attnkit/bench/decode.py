@@ -70,8 +70,11 @@ def padded(feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return x, lengths
 
 
-def attnkit_runner(model, search: str, beam: int, batch: int) -> Callable[[list[np.ndarray]], list[list[int]]]:
-    """A function decoding a list of feature matrices, `batch` at a time, to token-id lists."""
+def attnkit_runner(model, search: str, beam: int, batch: int,
+                   xp=None) -> Callable[[list[np.ndarray]], list[list[int]]]:
+    """A function decoding a list of feature matrices, `batch` at a time, to token-id lists. With
+    `xp` (CuPy) each batch's features are copied to the current GPU and decoded there; "beam" is
+    then the batched search of one utterance (the single-utterance search has no GPU loop)."""
     from attnkit.asr.search import SearchOptions, batch_beam_search, beam_search, greedy_search
 
     if search not in SEARCHES:
@@ -82,9 +85,12 @@ def attnkit_runner(model, search: str, beam: int, batch: int) -> Callable[[list[
         out = []
         for i in range(0, len(feats), batch):
             x, lengths = padded(feats[i:i + batch])
-            enc, enc_lengths = model.encode(x, lengths)
+            enc, enc_lengths = model.encode(x if xp is None else xp.asarray(x), lengths)
             if search == "greedy":
                 out += [h.tokens.tolist() for h in greedy_search(model.decoder, enc, enc_lengths)]
+            elif search == "beam" and xp is not None:
+                out += [batch_beam_search(model.decoder, enc[b:b + 1], enc_lengths[b:b + 1], options=options,
+                                          normalize_score=False)[0][0].tokens.tolist() for b in range(enc.shape[0])]
             elif search == "beam":
                 out += [beam_search(model.decoder, enc[b, :enc_lengths[b]], options=options)[0].tokens.tolist()
                         for b in range(enc.shape[0])]
