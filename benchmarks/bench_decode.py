@@ -12,7 +12,7 @@ same ones. Reported: utterances per second, real-time factor (compute / audio), 
 Both libraries get the same thread count (--threads).
 
     python benchmarks/bench_decode.py [--model DIR] [--wav-dir DIR] [--threads 1] [--out PREFIX]
-                                      [--device cuda]
+                                      [--ctc-weight 0.3] [--device cuda]
 
 With --device cuda both sides decode on the GPU (attnkit: encoder and searches on CuPy arrays, the
 single-utterance "beam" row as the batched search of one utterance; PyTorch: the same loops on
@@ -36,7 +36,7 @@ from attnkit.bench.decode import attnkit_runner, load_features, padded
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def torch_runner(model, mode, beam, batch, device="cpu"):
+def torch_runner(model, mode, beam, batch, device="cpu", ctc_weight=0.0):
     """ESPnet's espnet1 Decoder loops on PyTorch with the model's weights (on `device`); None without
     torch/espnet."""
     try:
@@ -65,8 +65,8 @@ def torch_runner(model, mode, beam, batch, device="cpu"):
     dec.load_state_dict(local)
     torch_model.to(device)
     dec.to(device)
-    args = SimpleNamespace(beam_size=beam, penalty=0.0, ctc_weight=0.0, maxlenratio=0.0, minlenratio=0.0, nbest=1,
-                           lm_weight=0.0)
+    args = SimpleNamespace(beam_size=beam, penalty=0.0, ctc_weight=ctc_weight, maxlenratio=0.0, minlenratio=0.0,
+                           nbest=1, lm_weight=0.0)
     char_list = list(model.token_list)
 
     @torch.inference_mode()
@@ -75,12 +75,14 @@ def torch_runner(model, mode, beam, batch, device="cpu"):
         for i in range(0, len(feats), batch):
             x, lengths = padded(feats[i:i + batch])
             enc, enc_lengths = torch_model.encode(torch.from_numpy(x).to(device), torch.from_numpy(lengths).to(device))
+            lpz = torch_model.ctc.log_probs(enc) if ctc_weight > 0 and mode != "greedy" else None
             if mode == "batch-beam":
-                hyps = dec.recognize_beam_batch(enc, enc_lengths, None, args, char_list)
+                hyps = dec.recognize_beam_batch(enc, enc_lengths, lpz, args, char_list)
                 out += [h[0]["yseq"][1:-1] for h in hyps]
             else:  # ESPnet's recognize_beam, one utterance at a time (beam 1 = greedy)
                 for b in range(enc.shape[0]):
-                    hyp = dec.recognize_beam(enc[b, : int(enc_lengths[b])], None, args, char_list)
+                    n = int(enc_lengths[b])
+                    hyp = dec.recognize_beam(enc[b, :n], None if lpz is None else lpz[b, :n], args, char_list)
                     out.append(list(hyp[0]["yseq"][1:-1]))
         return [[int(t) for t in h] for h in out]
     return run
@@ -108,6 +110,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=16, help="utterances per batch in the batched search")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", help="write PREFIX.json and PREFIX.md")
+    p.add_argument("--ctc-weight", type=float, default=0.0,
+                   help="joint CTC/attention weight of the beam searches on both sides (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: attnkit on CuPy arrays and PyTorch on its CUDA device (features still on the host)")
     args = p.parse_args(argv)
@@ -127,13 +131,14 @@ def main(argv=None) -> int:
         torch_version = torch.__version__
     except ImportError:
         torch_version = None
-    cases = [("greedy", 1, 1), ("beam", 10, 1), ("batch-beam", 10, args.batch)]
+    cases = [("greedy", 1, 1)] if args.ctc_weight == 0 else []  # greedy search has no CTC
+    cases += [("beam", 10, 1), ("batch-beam", 10, args.batch)]
     rows = []
     for mode, beam, batch in cases:
-        t_ak, out_ak = timed(attnkit_runner(rec.model, mode, beam, batch, xp), feats, args.repeats)
+        t_ak, out_ak = timed(attnkit_runner(rec.model, mode, beam, batch, xp, args.ctc_weight), feats, args.repeats)
         row = {"search": mode, "beam": beam, "batch": batch, "utterances": len(feats), "audio_seconds": audio_seconds,
                "attnkit_s": t_ak, "attnkit_rtf": t_ak / audio_seconds, "attnkit_utt_per_s": len(feats) / t_ak}
-        runner = torch_runner(rec.model, mode, beam, batch, args.device)
+        runner = torch_runner(rec.model, mode, beam, batch, args.device, args.ctc_weight)
         if runner is not None:
             t_pt, out_pt = timed(runner, feats, args.repeats)
             row.update(torch_s=t_pt, torch_rtf=t_pt / audio_seconds, torch_utt_per_s=len(feats) / t_pt,
@@ -144,14 +149,15 @@ def main(argv=None) -> int:
             "machine": platform.processor() or platform.machine(), "threads": args.threads,
             "attnkit": attnkit.__version__, "numpy": np.__version__, "torch": torch_version,
             "cpu_isa": attnkit.show_config().get("cpu_isa_active"), "model": args.model,
-            "files": len(files), "device": args.device}
+            "files": len(files), "device": args.device, "ctc_weight": args.ctc_weight}
     if xp is not None:
         meta["gpu"] = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
         meta["cupy"] = xp.__version__
     if args.out:
         Path(args.out + ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
         where = f"on {meta['gpu']}" if xp is not None else f"{args.threads} thread(s)"
-        lines = [f"Decoding, {meta['files']} utterances ({audio_seconds:.1f} s of audio), {where}, "
+        what = f", ctc_weight {args.ctc_weight}" if args.ctc_weight else ""
+        lines = [f"Decoding{what}, {meta['files']} utterances ({audio_seconds:.1f} s of audio), {where}, "
                  f"{meta['date']}, attnkit {meta['attnkit']}, torch {torch_version}", "",
                  "| search | beam | batch | attnkit RTF | attnkit utt/s | torch RTF | torch utt/s | speed-up | same hyps |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
