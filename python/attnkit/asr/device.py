@@ -266,7 +266,7 @@ def batch_beam_search(decoder: RNNDecoder, enc, lengths, ctc_logp, lm, options, 
 
 
 def _device_ctc(op: str, dd: DeviceDecoder, ctc_logp, enc_shape):
-    """ctc_logp ``[B, T, V]`` checked as a device array of the decoder's dtype (None when unused)."""
+    """ctc_logp ``[B, T, V]`` checked as a device array of enc's batch and frames, in the decoder's dtype."""
     d = dd.decoder
     if ctc_logp is None:
         raise ValueError(f"{op}: ctc_logp must be given when options.ctc_weight > 0, got None")
