@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 import attnkit
-from attnkit.bench import decode, espnet_step
+from attnkit.bench import ctc_prefix, decode, espnet_step
 from attnkit.bench.cases import Workload
 
 # A naive implementation that materialises [B, H, Tq, Tk] scores is skipped above this size.
@@ -66,7 +66,7 @@ class Backend:
 class AttnkitCPU(Backend):
     """attnkit's public API, with the active ISA, or a forced one (`--isa avx2` -> attnkit[avx2])."""
 
-    ops = ("sdpa", "mha", "espnet-step", "decode")
+    ops = ("sdpa", "mha", "espnet-step", "ctc-prefix", "decode")
 
     def __init__(self, isa: str | None = None):
         self.isa = isa
@@ -100,6 +100,8 @@ class AttnkitCPU(Backend):
     def prepare(self, case, copies, params):
         if case.op == "espnet-step":
             return espnet_step.attnkit_calls(case, copies, params)
+        if case.op == "ctc-prefix":
+            return ctc_prefix.attnkit_calls(case, copies)
         if case.op == "decode":
             return decode.attnkit_calls(case, copies)
         if case.op == "sdpa":
@@ -151,6 +153,7 @@ def numpy_mha(query, key, value, params, num_heads, key_lengths=None, causal=Fal
 
 class NumpyCPU(Backend):
     name = "numpy"
+    ops = ("sdpa", "mha", "espnet-step", "ctc-prefix")
 
     def available(self):
         return True, f"NumPy {np.__version__}"
@@ -163,6 +166,8 @@ class NumpyCPU(Backend):
     def prepare(self, case, copies, params):
         if case.op == "espnet-step":
             return espnet_step.numpy_calls(case, copies, params)
+        if case.op == "ctc-prefix":
+            return ctc_prefix.numpy_calls(case, copies)
         if case.op == "sdpa":
             return [lambda c=c: numpy_sdpa(c["q"], c["k"], c["v"], c["key_lengths"], case.causal) for c in copies]
         return [lambda c=c: numpy_mha(c["query"], c["key"], c["value"], params, case.H, c["key_lengths"], case.causal)
@@ -179,6 +184,7 @@ class TorchCPU(Backend):
     ignore), built once per input copy outside the timing."""
 
     name = "torch"
+    ops = ("sdpa", "mha", "espnet-step", "ctc-prefix")
 
     def available(self):
         if importlib.util.find_spec("torch") is None:
@@ -190,6 +196,8 @@ class TorchCPU(Backend):
     def supports(self, case):
         if case.op == "mha" and case.causal:
             return "causal multi-head attention is not benchmarked"
+        if case.op == "ctc-prefix" and importlib.util.find_spec("espnet") is None:
+            return "the CTC peer is ESPnet's CTCPrefixScoreTH: needs espnet"
         return super().supports(case)
 
     def active(self):
@@ -207,6 +215,8 @@ class TorchCPU(Backend):
 
         if case.op == "espnet-step":
             return espnet_step.torch_calls(case, copies, params)
+        if case.op == "ctc-prefix":
+            return ctc_prefix.torch_calls(torch, case, copies)
         F = torch.nn.functional
         if case.op == "sdpa":
             out = []
@@ -376,7 +386,7 @@ class AttnkitCUDA(CudaBackend):
     """attnkit.scaled_dot_product_attention and the additive ESPnet classes' steps on CuPy arrays."""
 
     name = "attnkit-cuda"
-    ops = ("sdpa", "espnet-step")
+    ops = ("sdpa", "espnet-step", "ctc-prefix")
     dtypes = ("float32", "float16", "float64")
 
     def supports(self, case):
@@ -387,6 +397,9 @@ class AttnkitCUDA(CudaBackend):
                 return f"{case.cls} has no GPU step yet (GPU: {', '.join(GPU_CLASSES)})"
             if case.dtype == "float16":
                 return "the ESPnet steps run in float32 and float64"
+        elif case.op == "ctc-prefix":
+            if case.dtype == "float16":
+                return "the CTC prefix scores run in float32 and float64"
         elif case.dtype == "float64":
             return "attnkit-cuda runs SDPA in float32, float16 and bfloat16"
         return super().supports(case)
@@ -394,6 +407,10 @@ class AttnkitCUDA(CudaBackend):
     def prepare(self, case, copies, params):
         if case.op == "espnet-step":
             return self._espnet_calls(case, copies, params)
+        if case.op == "ctc-prefix":
+            import cupy
+
+            return ctc_prefix.attnkit_calls(case, copies, cupy)
         return [lambda c=c: attnkit.scaled_dot_product_attention(c["q"], c["k"], c["v"], key_lengths=c["key_lengths"],
                                                                  causal=case.causal)
                 for c in self.device_copies(case, copies)]
@@ -438,12 +455,14 @@ class TorchCUDA(CudaBackend):
 
     name = "torch-cuda"
     requires = "torch"
-    ops = ("sdpa", "espnet-step")
+    ops = ("sdpa", "espnet-step", "ctc-prefix")
     dtypes = ("float32", "float16", "float64")
 
     def supports(self, case):
-        if case.op == "espnet-step" and case.dtype == "float16":
-            return "the ESPnet steps are timed in float32 and float64"
+        if case.op in ("espnet-step", "ctc-prefix") and case.dtype == "float16":
+            return f"{case.op} is timed in float32 and float64"
+        if case.op == "ctc-prefix" and importlib.util.find_spec("espnet") is None:
+            return "the CTC peer is ESPnet's CTCPrefixScoreTH: needs espnet"
         if case.op == "sdpa" and case.dtype == "float64":
             return "SDPA on the GPU is timed in float32 and float16"
         return super().supports(case)
@@ -489,6 +508,8 @@ class TorchCUDA(CudaBackend):
                 args = _to_cuda(args)
                 calls.append(lambda args=args: espnet_step.torch_step(torch, case.cls, *args, heads=case.heads))
             return calls
+        if case.op == "ctc-prefix":
+            return ctc_prefix.torch_calls(torch, case, copies, "cuda")
         F = torch.nn.functional
         out = []
         for c in copies:

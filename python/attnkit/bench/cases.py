@@ -1,8 +1,9 @@
 """Benchmark workloads: one case per op x shape x dtype, with analytic FLOP and byte counts.
 
 Ops: "sdpa" and "mha" (`Case`), "espnet-step" (`EspnetStepCase`: one decoder step of an ESPnet
-RNN attention class) and "decode" (`DecodeCase`: end-to-end decoding of audio, timed as a whole
-and reported as a real-time factor, no FLOP count).
+RNN attention class), "ctc-prefix" (`CtcPrefixCase`: one step of the batched search's CTC prefix
+scorer, no FLOP count: it is exp / log work) and "decode" (`DecodeCase`: end-to-end decoding of
+audio, timed as a whole and reported as a real-time factor, no FLOP count).
 
 Counting conventions (so GFLOP/s means the same thing for every backend):
 
@@ -23,6 +24,8 @@ Counting conventions (so GFLOP/s means the same thing for every backend):
   (the last term: the output projection). Bytes: the cached keys and values of each utterance
   read once (not once per row), the step's weights, and per row dec_z, the previous weights
   (location classes), the new weights and the context.
+- ctc-prefix bytes: per frame and scored lane (prefix x candidate) the candidate's
+  log-posterior and phi read, r^n and r^b written.
 """
 from __future__ import annotations
 
@@ -31,9 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attnkit.bench import decode, espnet_step
+from attnkit.bench import ctc_prefix, decode, espnet_step
 
-OPS = ("sdpa", "mha", "espnet-step", "decode")
+OPS = ("sdpa", "mha", "espnet-step", "ctc-prefix", "decode")
 ATTENTION_OPS = ("sdpa", "mha")
 
 
@@ -360,6 +363,61 @@ class EspnetStepCase(Workload):
 
 
 @dataclass(frozen=True)
+class CtcPrefixCase(Workload):
+    """One step of the batched search's CTC prefix scorer for N = utterances x hyps prefixes of
+    one label, each scoring `scored` candidate labels (ESPnet: 1.5 x beam) over T frames, with a
+    vocabulary of `vocab` labels; utterance u has T - LENGTH_STEP u frames (see
+    `attnkit.bench.ctc_prefix`)."""
+
+    utterances: int
+    hyps: int
+    T: int
+    scored: int = 15
+    vocab: int = 500
+    dtype: str = "float32"
+
+    op = "ctc-prefix"
+    name = "ctc"
+
+    def __post_init__(self):
+        if not 1 <= self.scored < self.vocab:
+            raise ValueError(f"CtcPrefixCase: scored must lie in [1, vocab={self.vocab}), got {self.scored}")
+        if self.hyps > self.scored:
+            raise ValueError(f"CtcPrefixCase: hyps must be <= scored={self.scored}, got {self.hyps}")
+        if self.T - LENGTH_STEP * (self.utterances - 1) < 2:
+            raise ValueError(f"CtcPrefixCase: T must exceed {LENGTH_STEP} * (utterances - 1) + 1, got {self.T}")
+
+    @property
+    def N(self) -> int:
+        return self.utterances * self.hyps
+
+    @property
+    def label(self) -> str:
+        return f"CTC N={self.N} T={self.T} S={self.scored} V={self.vocab}"
+
+    @property
+    def series(self) -> str:
+        return f"CTC N={self.N} S={self.scored}"
+
+    @property
+    def seq_len(self) -> int:
+        return self.T
+
+    def shape(self) -> dict:
+        return {"N": self.N, "utterances": self.utterances, "hypotheses": self.hyps, "T": self.T,
+                "scored": self.scored, "vocab": self.vocab}
+
+    def utterance_lengths(self) -> np.ndarray:
+        return self.T - LENGTH_STEP * np.arange(self.utterances, dtype=np.int64)
+
+    def nbytes(self) -> int:
+        return np.dtype(self.dtype).itemsize * self.T * self.N * self.scored * 4
+
+    def make_inputs(self, rng: np.random.Generator) -> dict:
+        return ctc_prefix.make_inputs(self, rng)
+
+
+@dataclass(frozen=True)
 class DecodeCase(Workload):
     """End-to-end decoding of the bundled sample recordings with an attnkit model directory
     (default: the bundled model): the encoder and a search (`attnkit.bench.decode.SEARCHES`:
@@ -439,6 +497,14 @@ def espnet_step_cases() -> list[EspnetStepCase]:
             + [espnet_step_case("AttLoc", 10, 500)])
 
 
+def ctc_prefix_cases() -> list[CtcPrefixCase]:
+    """A beam of 10 for one utterance at T = 200 and 1000, and for 16 utterances of 600 down to 45
+    frames (the batched search's rows), 15 candidates each (ESPnet's 1.5 x beam) from a 500-label
+    vocabulary; and every label of a 50-label vocabulary scored (ctc_weight 1, a character model)."""
+    return [CtcPrefixCase(1, 10, 200), CtcPrefixCase(1, 10, 1000), CtcPrefixCase(16, 10, 600),
+            CtcPrefixCase(4, 10, 200, scored=49, vocab=50)]
+
+
 def decode_cases() -> list[DecodeCase]:
     """Greedy search an utterance at a time (what `attnkit transcribe` does) and 16 at a time,
     and ESPnet's batched beam search with beam 10, 16 utterances at a time."""
@@ -459,6 +525,7 @@ def quick_cases() -> list[Workload]:
         mha_case("mha-self", 4, 256, 256, 256, 4, self_attention=True),
         mha_case("mha-cross", 10, 1, 500, 256, 4),
         espnet_step_case("AttLoc", 10, 200),
+        CtcPrefixCase(1, 10, 200),
         DecodeCase("greedy", batch=1),
     ]
 
@@ -466,8 +533,8 @@ def quick_cases() -> list[Workload]:
 def full_cases() -> list[Workload]:
     """The full sweep: encoder self-attention up to T=8192 with D 64 and 128, padded and causal
     variants, decoder steps and beams over one encoder memory, per-call overhead, multi-head
-    attention at ESPnet Transformer recipe size (d_model 256, 4 heads), every ESPnet step case
-    and every decoding case."""
+    attention at ESPnet Transformer recipe size (d_model 256, 4 heads), every ESPnet step case,
+    the CTC prefix scorer and every decoding case."""
     return [
         # encoder self-attention
         sdpa_case("enc", 8, 4, 512, 512, 64),
@@ -492,5 +559,6 @@ def full_cases() -> list[Workload]:
         mha_case("mha-cross", 10, 1, 500, 256, 4),
         mha_case("mha-cross", 4, 10, 500, 256, 4),
         *espnet_step_cases(),
+        *ctc_prefix_cases(),
         *decode_cases(),
     ]
