@@ -91,10 +91,11 @@ def ctc_on_cpu(kernel_on_cpu, monkeypatch):
     kernel_on_cpu's capsules), recording the calls."""
     calls = []
 
-    def fake(xs, x_blank, log_phi, first_label, start, end, logzero, r, psi, stream):
-        assert isinstance(stream, int) and r.a.dtype == psi.a.dtype == xs.a.dtype
+    def fake(x, label_col, blank_col, r_sum, r_blank, repeat, first_label, start, end, logzero, r, psi, stream):
+        assert isinstance(stream, int) and r.a.dtype == psi.a.dtype == x.a.dtype
         calls.append(stream)
-        _core.ctc_prefix_scores(xs.a, x_blank.a, log_phi.a, first_label, start, end, logzero, r.a, psi.a)
+        _core.ctc_prefix_scores(x.a, label_col.a, blank_col.a, r_sum.a, r_blank.a, repeat.a, first_label, start, end,
+                                logzero, r.a, psi.a)
 
     monkeypatch.setattr(_core, "ctc_prefix_scores_cuda", fake)
     return calls

@@ -221,7 +221,8 @@ def test_matches_espnet_scorers():
 
 def recursion_reference(xs, x_blank, log_phi, first_label, start, end):
     """The prefix-score recursion (module docstring of attnkit.asr.ctc_prefix) in float64, frame by
-    frame with math.log/exp per element: r [T, 2, N, C] and psi [N, C]."""
+    frame with math.log/exp per element, on the gathered inputs xs [T, N, C], x_blank [T, N] and
+    log_phi [T, N, C]: r [T, 2, N, C] and psi [N, C]."""
     import math
 
     def lae(a, b):
@@ -250,6 +251,25 @@ def recursion_reference(xs, x_blank, log_phi, first_label, start, end):
     return r, psi
 
 
+def recursion_inputs(rng, T, N, C, M):
+    """x [T, M] log-posteriors, each prefix's candidate columns and blank column, the prefixes'
+    r_sum and r_blank [T, N], and which candidates repeat the last label; r_blank of prefix 0
+    holds log(0) on its first frames."""
+    x = np.log(rng.dirichlet(np.ones(M), size=T))
+    label_col = np.stack([rng.choice(M, C, replace=C > M) for _ in range(N)]).astype(np.int64)
+    blank_col = rng.integers(0, M, N)
+    r_blank = np.cumsum(np.log(rng.uniform(0.2, 0.9, (T, N))), axis=0)
+    r_blank[: T // 2, 0] = LOGZERO
+    r_sum = np.logaddexp(r_blank, np.cumsum(np.log(rng.uniform(0.2, 0.9, (T, N))), axis=0))
+    repeat = rng.random((N, C)) < 0.3
+    return x, label_col, blank_col, r_sum, r_blank, repeat
+
+
+def gathered(x, label_col, blank_col, r_sum, r_blank, repeat):
+    """(xs [T, N, C], x_blank [T, N], log_phi [T, N, C]) as the recursion reads them."""
+    return x[:, label_col], x[:, blank_col], np.where(repeat[None], r_blank[:, :, None], r_sum[:, :, None])
+
+
 # Candidate counts around the vector widths (4, 8, 16 lanes) and the kernel's blocks of 4 vectors.
 @pytest.mark.parametrize("T,N,C", [(1, 1, 1), (2, 3, 5), (7, 2, 8), (9, 1, 17), (33, 2, 33), (12, 3, 65)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -257,37 +277,38 @@ def test_recursion_kernel_matches_float64_reference_on_every_isa(isa, T, N, C, d
     from attnkit.asr.ctc_prefix import prefix_scores
 
     rng = np.random.default_rng(T * 100 + C)
-    xs = np.log(rng.dirichlet(np.ones(C + 1), size=(T, N)))[..., :C]
-    x_blank = np.log(rng.uniform(0.05, 0.9, (T, N)))
-    log_phi = np.cumsum(np.log(rng.uniform(0.2, 0.9, (T, N, C))), axis=0)
-    log_phi[:, 0, :1] = LOGZERO  # a lane whose phi is log(0)
+    args = recursion_inputs(rng, T, N, C, M=C + 7)
+    cast = [a.astype(dtype) if a.dtype.kind == "f" else a for a in args]
     rtol = 2e-6 if dtype == np.float32 else 1e-12
     ranges = [(1, T), (min(2, T), T), (1, max(1, T // 2)), (max(1, T - 1), 1), (T + 1, T)]
     for first_label in (True, False):
         for start, end in ranges:
-            args = [a.astype(dtype) for a in (xs, x_blank, log_phi)]
-            r, psi = prefix_scores(*args, first_label, start, end, dtype)
-            r_ref, psi_ref = recursion_reference(*[a.astype(np.float64) for a in args], first_label, start, end)
+            r, psi = prefix_scores(*cast, first_label, start, end, dtype)
+            want = recursion_reference(*gathered(*[a.astype(np.float64) if a.dtype.kind == "f" else a for a in cast]),
+                                       first_label, start, end)
             assert r.dtype == dtype and psi.dtype == dtype
-            np.testing.assert_allclose(r, r_ref, rtol=rtol, atol=rtol, err_msg=f"{first_label} {start} {end}")
-            np.testing.assert_allclose(psi, psi_ref, rtol=rtol, atol=rtol, err_msg=f"{first_label} {start} {end}")
+            np.testing.assert_allclose(r, want[0], rtol=rtol, atol=rtol, err_msg=f"{first_label} {start} {end}")
+            np.testing.assert_allclose(psi, want[1], rtol=rtol, atol=rtol, err_msg=f"{first_label} {start} {end}")
 
 
 def test_recursion_kernel_propagates_nan_and_infinities():
     from attnkit.asr.ctc_prefix import prefix_scores
 
-    T, N, C = 6, 1, 11
-    xs = np.full((T, N, C), -1.0)
-    xs[3, 0, 1] = np.nan
-    xs[2, 0, 2] = -np.inf
-    xs[2, 0, 3] = np.inf
-    x_blank = np.full((T, N), -0.5)
-    log_phi = np.full((T, N, C), -2.0)
-    log_phi[:, 0, 4] = -np.inf
+    T, N, C, M = 6, 1, 11, 12
+    x = np.full((T, M), -1.0)
+    x[3, 1] = np.nan
+    x[2, 2] = -np.inf
+    x[2, 3] = np.inf
+    label_col = np.arange(C, dtype=np.int64)[None]
+    blank_col = np.array([M - 1])
+    r_sum = np.full((T, N), -2.0)
+    r_blank = np.full((T, N), -np.inf)
+    repeat = np.zeros((N, C), bool)
+    repeat[0, 4] = True  # phi = r^b = -inf
     for dtype in (np.float32, np.float64):
-        args = [a.astype(dtype) for a in (xs, x_blank, log_phi)]
+        args = (x.astype(dtype), label_col, blank_col, r_sum.astype(dtype), r_blank.astype(dtype), repeat)
         r, psi = prefix_scores(*args, True, 1, T, dtype)
-        r_ref, psi_ref = recursion_reference(*[a.astype(np.float64) for a in args], True, 1, T)
+        r_ref, psi_ref = recursion_reference(*gathered(x, label_col, blank_col, r_sum, r_blank, repeat), True, 1, T)
         np.testing.assert_array_equal(np.isnan(r), np.isnan(r_ref))
         np.testing.assert_array_equal(np.isnan(psi), np.isnan(psi_ref))
         assert np.isnan(psi[0, 1]) and np.isnan(psi[0, 3])  # an inf term: inf - inf in logsumexp, as NumPy
@@ -295,14 +316,43 @@ def test_recursion_kernel_propagates_nan_and_infinities():
         np.testing.assert_allclose(psi, psi_ref, rtol=2e-6)
 
 
-def test_recursion_kernel_rejects_a_bad_frame_range():
+def test_mixed_dtypes_take_the_numpy_recursion_with_espnet_rounding():
+    """float64 log-posteriors with float32 states (ESPnet's CTCPrefixScore under a float64 model):
+    the frame loop in NumPy, each r rounded to float32 after adding x in float64."""
+    from attnkit.asr.ctc_prefix import prefix_scores
+
+    rng = np.random.default_rng(5)
+    x, label_col, blank_col, r_sum, r_blank, repeat = recursion_inputs(rng, 9, 2, 5, M=8)
+    r, psi = prefix_scores(x, label_col, blank_col, r_sum.astype(np.float32), r_blank.astype(np.float32), repeat,
+                           False, 1, 9, np.float32)
+    assert r.dtype == np.float32 and psi.dtype == np.float64
+    want = recursion_reference(*gathered(x, label_col, blank_col, r_sum.astype(np.float32).astype(np.float64),
+                                         r_blank.astype(np.float32).astype(np.float64), repeat), False, 1, 9)
+    np.testing.assert_allclose(r, want[0], rtol=1e-6)
+    np.testing.assert_allclose(psi, want[1], rtol=1e-6)
+
+
+def test_recursion_kernel_rejects_bad_arguments():
     from attnkit import _core
 
-    xs = np.zeros((4, 1, 3), np.float32)
-    r, psi = np.empty((4, 2, 1, 3), np.float32), np.empty((1, 3), np.float32)
+    T, N, C, M = 4, 1, 3, 5
+    x = np.zeros((T, M), np.float32)
+    cols, blank = np.zeros((N, C), np.int64), np.zeros(N, np.int64)
+    rows, repeat = np.zeros((T, N), np.float32), np.zeros((N, C), bool)
+    r, psi = np.empty((T, 2, N, C), np.float32), np.empty((N, C), np.float32)
+    call = lambda **kw: _core.ctc_prefix_scores(  # noqa: E731
+        *[kw.get(k, v) for k, v in (("x", x), ("label_col", cols), ("blank_col", blank), ("r_sum", rows),
+                                    ("r_blank", rows), ("repeat", repeat))],
+        False, kw.get("start", 1), kw.get("end", T), LOGZERO, r, psi)
     with pytest.raises(ValueError, match="start must be >= 1"):
-        _core.ctc_prefix_scores(xs, np.zeros((4, 1), np.float32), xs, False, 0, 4, LOGZERO, r, psi)
+        call(start=0)
     with pytest.raises(ValueError, match="end must be <= T=4"):
-        _core.ctc_prefix_scores(xs, np.zeros((4, 1), np.float32), xs, False, 1, 5, LOGZERO, r, psi)
-    with pytest.raises(ValueError, match="x_blank must be .* shape \\(4, 1\\)"):
-        _core.ctc_prefix_scores(xs, np.zeros((4, 2), np.float32), xs, False, 1, 4, LOGZERO, r, psi)
+        call(end=5)
+    with pytest.raises(ValueError, match=r"label_col must lie in \[0, M=5\), got 5 at 2"):
+        call(label_col=np.array([[0, 1, 5]]))
+    with pytest.raises(ValueError, match=r"blank_col must lie in \[0, M=5\), got -1"):
+        call(blank_col=np.array([-1]))
+    with pytest.raises(ValueError, match=r"r_sum must be .* shape \(4, 1\)"):
+        call(r_sum=np.zeros((T, 2), np.float32))
+    with pytest.raises(ValueError, match=r"repeat must be .* of bool dtype and shape \(1, 3\), got int64"):
+        call(repeat=np.zeros((N, C), np.int64))

@@ -69,17 +69,16 @@ def test_the_bundled_recogniser_decodes_on_the_gpu():
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_ctc_recursion_on_the_gpu_equals_the_cpu_kernel(T, N, C, dtype):
     from attnkit.asr.ctc_prefix import prefix_scores
+    from test_ctc_prefix import recursion_inputs
 
     rng = np.random.default_rng(T + C)
-    xs = np.log(rng.uniform(0.01, 1, (T, N, C))).astype(dtype)
-    x_blank = np.log(rng.uniform(0.01, 1, (T, N))).astype(dtype)
-    log_phi = np.cumsum(np.log(rng.uniform(0.2, 0.9, (T, N, C))), axis=0).astype(dtype)
-    xs[min(1, T - 1), 0, 0] = np.nan
+    args = [a.astype(dtype) if a.dtype.kind == "f" else a for a in recursion_inputs(rng, T, N, C, M=C + 3)]
+    args[0][min(1, T - 1), args[1][0, 0]] = np.nan
     tol = 2e-6 if dtype == np.float32 else 1e-12
     for first_label in (True, False):
         for start, end in [(1, T), (max(1, T // 2), T), (1, max(1, T - 1)), (T + 1, T)]:
-            want = prefix_scores(xs, x_blank, log_phi, first_label, start, end, dtype)
-            got = prefix_scores(*(cp.asarray(a) for a in (xs, x_blank, log_phi)), first_label, start, end, dtype)
+            want = prefix_scores(*args, first_label, start, end, dtype)
+            got = prefix_scores(*(cp.asarray(a) for a in args), first_label, start, end, dtype)
             for g, w in zip(got, want):
                 assert isinstance(g, cp.ndarray)
                 np.testing.assert_allclose(cp.asnumpy(g), w, rtol=tol, atol=tol)

@@ -1,7 +1,8 @@
 // CTC prefix scores on NVIDIA GPUs (CtcPrefixParams in params.h; the CPU kernel is
 // src/cpp/cpu/ctc_prefix.cc): one thread per lane (prefix x candidate), walking the frames. Lanes
-// are the fastest axis of every array, so a warp's loads and stores of a frame are coalesced; the
-// blank's log-posterior of a frame is shared by the C lanes of one prefix.
+// are the fastest axis of r, so a warp's stores of a frame are coalesced; its reads of x are a
+// gather from one row (the candidates of a few prefixes: L2 hits), and phi and the blank's
+// log-posterior are shared by the C lanes of one prefix.
 //
 // The same order of operations as the CPU kernel: psi's terms in two passes (their maximum, then
 // the sum of exp(term - max) beside the recursion), a NaN term dropped from the maximum and kept
@@ -35,9 +36,12 @@ __global__ void ctc_prefix_kernel(CtcPrefixParams p) {
   const int64_t L = p.N * p.C;
   const int64_t lane = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (lane >= L) return;
-  const T* xs = static_cast<const T*>(p.xs) + lane;
-  const T* phi = static_cast<const T*>(p.log_phi) + lane;
-  const T* x_blank = static_cast<const T*>(p.x_blank) + lane / p.C;
+  const int64_t n = lane / p.C;
+  // Columns clamped to x's (the host builds them in range; a bad one must not read outside x).
+  const int64_t label = min(max(p.label_col[lane], int64_t(0)), p.M - 1);
+  const int64_t blank_col = min(max(p.blank_col[n], int64_t(0)), p.M - 1);
+  const T* x = static_cast<const T*>(p.x);
+  const T* phi_source = static_cast<const T*>(p.repeat[lane] ? p.r_blank : p.r_sum) + n;
   T* r = static_cast<T*>(p.r) + lane;
   const T zero_log = T(p.logzero);
   const int64_t start = p.start < p.T ? p.start : p.T;
@@ -45,7 +49,7 @@ __global__ void ctc_prefix_kernel(CtcPrefixParams p) {
   end = end > start ? end : start;
   for (int64_t t = 0; t < p.T; ++t) {
     if (t >= start && t < end) continue;
-    r[(2 * t) * L] = t == 0 && p.first_label ? xs[0] : zero_log;
+    r[(2 * t) * L] = t == 0 && p.first_label ? x[label] : zero_log;
     r[(2 * t + 1) * L] = zero_log;
   }
   T* psi = static_cast<T*>(p.psi) + lane;
@@ -53,19 +57,19 @@ __global__ void ctc_prefix_kernel(CtcPrefixParams p) {
     *psi = zero_log;
     return;
   }
-  const T first = start == 1 && p.first_label ? xs[0] : zero_log;  // r[start - 1][0]
+  const T first = start == 1 && p.first_label ? x[label] : zero_log;  // r[start - 1][0]
   T top = first;
   for (int64_t t = start; t < end; ++t) {
-    const T term = phi[(t - 1) * L] + xs[t * L];
+    const T term = phi_source[(t - 1) * p.N] + x[t * p.M + label];
     top = term > top ? term : top;
   }
   T rn = first, rb = zero_log, sum = T(0);
   for (int64_t t = start; t < end; ++t) {
-    const T phi_prev = phi[(t - 1) * L], x = xs[t * L];
-    const T rn_new = log_add_exp(rn, phi_prev) + x;
-    rb = log_add_exp(rn, rb) + x_blank[t * p.N];
+    const T phi_prev = phi_source[(t - 1) * p.N], xt = x[t * p.M + label];
+    const T rn_new = log_add_exp(rn, phi_prev) + xt;
+    rb = log_add_exp(rn, rb) + x[t * p.M + blank_col];
     rn = rn_new;
-    sum += exp(phi_prev + x - top);
+    sum += exp(phi_prev + xt - top);
     r[(2 * t) * L] = rn;
     r[(2 * t + 1) * L] = rb;
   }
@@ -82,9 +86,11 @@ void ctc_prefix_scores(const CtcPrefixParams& p, const Launch& at) {
          " C=" + std::to_string(p.C));
   if (p.start < 1) fail("start must be >= 1 (frame 0 only starts a first label), got " + std::to_string(p.start));
   if (p.end > p.T) fail("end must be <= T=" + std::to_string(p.T) + ", got " + std::to_string(p.end));
-  if (!p.xs || !p.x_blank || !p.log_phi || !p.r || !p.psi) fail("every array must be given");
+  if (!p.x || !p.label_col || !p.blank_col || !p.r_sum || !p.r_blank || !p.repeat || !p.r || !p.psi)
+    fail("every array must be given");
   const int64_t lanes = p.N * p.C;
   if (p.T == 0 || lanes == 0) return;
+  if (p.M < 1) fail("x must have at least one column, got M=" + std::to_string(p.M));
   if ((lanes + kThreads - 1) / kThreads > 0x7fffffffLL)
     throw UnsupportedError(std::string(kOp) + ": N x C too large for one launch on the GPU");
   DeviceGuard on(at.device, kOp);

@@ -37,34 +37,40 @@ def logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
     return np.squeeze(m, axis) + np.log(np.exp(x - m).sum(axis=axis))
 
 
-def prefix_scores(xs: np.ndarray, x_blank: np.ndarray, log_phi: np.ndarray, first_label: bool, start: int, end: int,
+def prefix_scores(x, label_col, blank_col, r_sum, r_blank, repeat, first_label: bool, start: int, end: int,
                   state_dtype) -> tuple[np.ndarray, np.ndarray]:
     """The recursion above for N prefixes x C candidates at once.
 
-    xs ``[T, N, C]`` x_t(c) of each candidate; x_blank ``[T, N]``; log_phi ``[T, N, C]``;
-    first_label: |g| == 0; frames [start, end) are updated (ESPnet: start = max(|g|, 1), end = T,
-    or the attention window). Returns r ``[T, 2, N, C]`` (state_dtype; frames outside the range
-    LOGZERO) and psi ``[N, C]`` (eos and blank not yet applied). CuPy arrays (one dtype, which is
+    x ``[T, M]`` log-posteriors, a column per (utterance, label); label_col ``[N, C]`` int64 the
+    column of each candidate, blank_col ``[N]`` that of each prefix's blank; r_sum ``[T, N]``
+    logaddexp(r^n, r^b) and r_blank ``[T, N]`` r^b of the prefixes; repeat ``[N, C]`` bool, where
+    phi is r^b (the candidate repeats the prefix's last label) instead of r_sum; first_label:
+    |g| == 0; frames [start, end) are updated (ESPnet: start = max(|g|, 1), end = T, or the
+    attention window). Returns r ``[T, 2, N, C]`` (state_dtype; frames outside the range LOGZERO)
+    and psi ``[N, C]`` (eos and blank not yet applied). With x, r_sum and r_blank of the state's
+    dtype the C++ kernel gathers its inputs itself (no [T, N, C] copies); CuPy arrays (one dtype,
     then also the state's) give CuPy arrays, computed on their device.
     """
-    T, N, C = xs.shape
-    if is_device_array(xs):
-        return _prefix_scores_device(xs, x_blank, log_phi, first_label, start, end)
+    if is_device_array(x):
+        return _prefix_scores_device(x, label_col, blank_col, r_sum, r_blank, repeat, first_label, start, end)
+    T, (N, C) = x.shape[0], label_col.shape
     dtype = np.dtype(state_dtype)
-    if dtype in (np.float32, np.float64) and xs.dtype == dtype and x_blank.dtype == dtype and log_phi.dtype == dtype:
+    if dtype in (np.float32, np.float64) and x.dtype == r_sum.dtype == r_blank.dtype == dtype:
         # One dtype throughout (every search but ESPnet's float32 states under a float64 model):
         # the C++ kernel, the same recursion without a NumPy call per frame.
-        r = np.empty((T, 2, N, C), dtype)
-        psi = np.empty((N, C), dtype)
-        _core.ctc_prefix_scores(np.ascontiguousarray(xs), np.ascontiguousarray(x_blank),
-                                np.ascontiguousarray(log_phi), bool(first_label), int(start), int(end), LOGZERO, r, psi)
+        r, psi = np.empty((T, 2, N, C), dtype), np.empty((N, C), dtype)
+        _core.ctc_prefix_scores(*(np.ascontiguousarray(a) for a in (x, label_col, blank_col, r_sum, r_blank)),
+                                np.ascontiguousarray(repeat, bool), bool(first_label), int(start), int(end), LOGZERO,
+                                r, psi)
         return r, psi
+    xs = x[:, label_col]                                                   # [T, N, C]
+    log_phi = np.where(repeat[None], r_blank[:, :, None], r_sum[:, :, None])
     r = np.full((T, 2, N, C), LOGZERO, dtype=state_dtype)
     if first_label:
         r[0, 0] = xs[0]
     if start > T:  # a prefix longer than the input: no frame left for c
         return r, np.full((N, C), LOGZERO, dtype=np.result_type(log_phi, xs))
-    x_b = x_blank[:, :, None]
+    x_b = x[:, blank_col][:, :, None]
     for t in range(start, end):
         # Written to r in its dtype after adding x in x's dtype: ESPnet's rounding points.
         np.add(np.logaddexp(r[t - 1, 0], log_phi[t - 1]), xs[t], out=r[t, 0], casting="same_kind")
@@ -74,16 +80,17 @@ def prefix_scores(xs: np.ndarray, x_blank: np.ndarray, log_phi: np.ndarray, firs
     return r, logsumexp(terms, axis=0)
 
 
-def _prefix_scores_device(xs, x_blank, log_phi, first_label: bool, start: int, end: int):
-    """``prefix_scores`` on GPU arrays of one dtype (src/cuda/ctc_prefix.cu), on the caller's stream."""
-    call = GpuCall("ctc_prefix_scores", {"xs": xs, "x_blank": x_blank, "log_phi": log_phi})
-    T, N, C = xs.shape
+def _prefix_scores_device(x, label_col, blank_col, r_sum, r_blank, repeat, first_label: bool, start: int, end: int):
+    """``prefix_scores`` on GPU arrays (src/cuda/ctc_prefix.cu), on the caller's stream."""
+    call = GpuCall("ctc_prefix_scores", {"x": x, "label_col": label_col, "blank_col": blank_col, "r_sum": r_sum,
+                                         "r_blank": r_blank, "repeat": repeat})
+    T, (N, C) = x.shape[0], label_col.shape
     lib = call.lib
     with call:
-        r, psi = lib.empty((T, 2, N, C), xs), lib.empty((N, C), xs)
-        _core.ctc_prefix_scores_cuda(*(call.capsule(lib.contiguous(a)) for a in (xs, x_blank, log_phi)),
-                                     bool(first_label), int(start), int(end), LOGZERO, call.capsule(r),
-                                     call.capsule(psi), call.stream)
+        r, psi = lib.empty((T, 2, N, C), x), lib.empty((N, C), x)
+        args = (x, lib.as_int64(label_col), lib.as_int64(blank_col), r_sum, r_blank, repeat.astype(bool))
+        _core.ctc_prefix_scores_cuda(*(call.capsule(lib.contiguous(a)) for a in args), bool(first_label), int(start),
+                                     int(end), LOGZERO, call.capsule(r), call.capsule(psi), call.stream)
     return r, psi
 
 
@@ -123,15 +130,12 @@ class CTCPrefixScore:
         candidates ``[N, C]`` label ids; r_prev ``[T, 2, N]`` their states. Returns psi ``[N, C]``
         and the candidates' states r ``[T, 2, N, C]``.
         """
-        cands = np.asarray(candidates)
+        cands = np.asarray(candidates, np.int64)
         last = np.asarray(last)
         r_prev = np.asarray(r_prev, dtype=self.state_dtype)
         r_sum = np.logaddexp(r_prev[:, 0], r_prev[:, 1])                      # [T, N]
-        log_phi = np.broadcast_to(r_sum[:, :, None], r_prev.shape[:1] + cands.shape)
-        if output_length > 0:
-            log_phi = np.where((cands == last[:, None])[None], r_prev[:, 1, :, None], log_phi)
-        xs = self.x[:, cands]                                                  # [T, N, C]
-        r, psi = prefix_scores(xs, np.broadcast_to(self.x[:, None, self.blank], xs.shape[:2]), log_phi,
+        repeat = (cands == last[:, None]) & (output_length > 0)  # the empty prefix keeps r_sum
+        r, psi = prefix_scores(self.x, cands, np.full(cands.shape[0], self.blank), r_sum, r_prev[:, 1], repeat,
                                output_length == 0, max(output_length, 1), self.input_length, self.state_dtype)
         psi = np.where(cands == self.eos, r_sum[-1][:, None], psi)
         if self.eos != self.blank:
@@ -248,14 +252,9 @@ class CTCPrefixScoreBatch:
             cands = xp.asarray(scoring_ids)
             slot = xp.full((n, O), -1, dtype=np.int64)
             slot[every[:, None], cands] = xp.arange(cands.shape[1])
-        # Gathered along the flattened (utterance, label) axis: one advanced index on the last
-        # axis gives C-contiguous [T, N, S] (x[:, utt, cands] comes out in [N, S, T] order, and
-        # its copy for the kernel cost more than the kernel: 16 ms at T = 600, N = 160, S = 15).
-        x_flat = self.x.reshape(T, -1)
-        xs = x_flat[:, utt[:, None] * O + cands]                               # [T, N, S]
         r_sum = xp.logaddexp(r_prev[:, 0], r_prev[:, 1])                       # [T, N]
         # ESPnet replaces phi by r^b for the last label even for the empty prefix (last = sos).
-        log_phi = xp.where((cands == last[:, None])[None], r_prev[:, 1, :, None], r_sum[:, :, None])
+        repeat = cands == last[:, None]
 
         if att_w is not None and self.margin > 0:
             f_arg = np.asarray(att_w) @ np.arange(T, dtype=self.dtype)
@@ -266,7 +265,9 @@ class CTCPrefixScoreBatch:
         else:
             f_min = f_max = 0
             start, end = max(output_length, 1), T
-        r, psi_c = prefix_scores(xs, x_flat[:, utt * O + self.blank], log_phi, output_length == 0, start, end, self.dtype)
+        # x's columns are (utterance, label) pairs: the kernel gathers each lane's from them.
+        r, psi_c = prefix_scores(self.x.reshape(T, -1), utt[:, None] * O + cands, utt * O + self.blank, r_sum,
+                                 r_prev[:, 1], repeat, output_length == 0, start, end, self.dtype)
         if slot is None:
             psi = psi_c.astype(self.dtype, copy=False)
         else:

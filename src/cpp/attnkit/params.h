@@ -129,22 +129,28 @@ namespace attnkit {
 
 // CTC prefix scores (Watanabe et al. 2017, Algorithm 2; attnkit.asr.ctc_prefix.prefix_scores) of
 // N prefixes x C candidate labels, one lane each, over frames [start, end):
-//   r[t,0] = logaddexp(r[t-1,0], log_phi[t-1]) + xs[t]        (r^n: the prefix ends in the label)
-//   r[t,1] = logaddexp(r[t-1,0], r[t-1,1]) + x_blank[t,n]     (r^b: it ends in a blank)
-//   psi    = logsumexp(r[start-1,0], log_phi[t-1] + xs[t] for start <= t < end)
-// r starts as `logzero` everywhere but r[0,0] = xs[0] for the first label; frames outside the
-// range keep those values. Every array is C-contiguous in the one dtype.
+//   phi[t]  = r_blank[t,n] if the candidate repeats the prefix's last label, else r_sum[t,n]
+//   r[t,0]  = logaddexp(r[t-1,0], phi[t-1]) + x[t, label_col]   (r^n: the prefix ends in the label)
+//   r[t,1]  = logaddexp(r[t-1,0], r[t-1,1]) + x[t, blank_col[n]] (r^b: it ends in a blank)
+//   psi     = logsumexp(r[start-1,0], phi[t-1] + x[t, label_col] for start <= t < end)
+// r starts as `logzero` everywhere but r[0,0] = x[0, label_col] for the first label; frames outside
+// the range keep those values. The kernel gathers its inputs from x's columns (utterance x label)
+// and the prefixes' [T, N] rows, so no [T, N, C] copy of them is made per step. Every array is
+// C-contiguous; the float arrays share one dtype.
 struct CtcPrefixParams {
   DType dtype = DType::f32;
-  int64_t T = 0, N = 0, C = 0;
-  const void* xs = nullptr;       // [T][N][C] the candidates' log-posteriors
-  const void* x_blank = nullptr;  // [T][N]
-  const void* log_phi = nullptr;  // [T][N][C]
-  bool first_label = false;       // the prefixes are empty
-  int64_t start = 1, end = 0;     // 1 <= start; end <= T (an empty range when end <= start)
+  int64_t T = 0, N = 0, C = 0, M = 0;
+  const void* x = nullptr;            // [T][M] log-posteriors, a column per (utterance, label)
+  const int64_t* label_col = nullptr; // [N][C] the column of each lane's candidate, in [0, M)
+  const int64_t* blank_col = nullptr; // [N] the column of each prefix's blank, in [0, M)
+  const void* r_sum = nullptr;        // [T][N] logaddexp(r^n, r^b) of the prefixes
+  const void* r_blank = nullptr;      // [T][N] r^b of the prefixes
+  const uint8_t* repeat = nullptr;    // [N][C] nonzero: the candidate is the prefix's last label
+  bool first_label = false;           // the prefixes are empty
+  int64_t start = 1, end = 0;         // 1 <= start; end <= T (an empty range when end <= start)
   double logzero = -1e10;
-  void* r = nullptr;              // [T][2][N][C]
-  void* psi = nullptr;            // [N][C]
+  void* r = nullptr;                  // [T][2][N][C]
+  void* psi = nullptr;                // [N][C]
 };
 
 }  // namespace attnkit

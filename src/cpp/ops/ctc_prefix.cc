@@ -13,6 +13,14 @@ void ctc_prefix_scores_cpu(const CtcPrefixParams& p) {
                      std::to_string(p.start));
   if (p.end > p.T)
     throw ValueError("ctc_prefix_scores: end must be <= T=" + std::to_string(p.T) + ", got " + std::to_string(p.end));
+  auto check_cols = [&](const int64_t* cols, int64_t n, const char* name) {
+    for (int64_t i = 0; i < n; ++i)
+      if (cols[i] < 0 || cols[i] >= p.M)
+        throw ValueError(std::string("ctc_prefix_scores: ") + name + " must lie in [0, M=" + std::to_string(p.M) +
+                         "), got " + std::to_string(cols[i]) + " at " + std::to_string(i));
+  };
+  check_cols(p.label_col, p.N * p.C, "label_col");
+  check_cols(p.blank_col, p.N, "blank_col");
   if (p.T == 0 || p.N == 0 || p.C == 0) return;
   ATTNKIT_CPU_DISPATCH(ctc_prefix_scores, p);
 }

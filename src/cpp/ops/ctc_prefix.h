@@ -3,7 +3,7 @@
 
 namespace attnkit {
 
-// Checks the frame range of p and runs the CTC prefix-score recursion on the active CPU ISA.
+// Checks the frame range and the columns of p and runs the CTC prefix-score recursion on the active CPU ISA.
 // Throws ValueError naming the argument.
 void ctc_prefix_scores_cpu(const CtcPrefixParams& p);
 
