@@ -415,7 +415,7 @@ def test_global_mvn_matches_espnet(rng, tmp_path):
     assert_close(y, ref.numpy().astype(np.float64), np.float32, "GlobalMVN vs ESPnet")
 
 
-def test_lstm_layer_kernel_checks_its_arguments(rng):
+def test_recurrent_layer_kernel_checks_its_arguments(rng):
     from attnkit import _core
     from attnkit._linear import PackedWeight
 
@@ -424,8 +424,12 @@ def test_lstm_layer_kernel_checks_its_arguments(rng):
     w = PackedWeight(rng.standard_normal((4 * H, H)).astype(np.float32))
     out = np.zeros((T, B, H), np.float32)
     with pytest.raises(ValueError, match=r"active must lie in \[0, B=2\], got active\[1\]=3"):
-        _core.lstm_layer(gx, w.panels, None, np.array([2, 3, 1]), False, out)
+        _core.recurrent_layer(gx, w.panels, None, np.array([2, 3, 1]), False, "lstm", out)
     with pytest.raises(ValueError, match=r"weight_hh must be .* shape \(2, 5, 16\)"):
-        _core.lstm_layer(gx, w.panels[:1], None, np.array([2, 2, 1]), False, out)
+        _core.recurrent_layer(gx, w.panels[:1], None, np.array([2, 2, 1]), False, "lstm", out)
     with pytest.raises(ValueError, match=r"gx must be .* shape \(3, 2, 20\)"):
-        _core.lstm_layer(gx[:, :, :-1].copy(), w.panels, None, np.array([2, 2, 1]), False, out)
+        _core.recurrent_layer(gx[:, :, :-1].copy(), w.panels, None, np.array([2, 2, 1]), False, "lstm", out)
+    with pytest.raises(ValueError, match=r"gx must be .* shape \(3, 2, 15\)"):  # GRU: 3 gates
+        _core.recurrent_layer(gx, w.panels, None, np.array([2, 2, 1]), False, "gru", out)
+    with pytest.raises(ValueError, match="cell must be 'lstm' or 'gru', got 'rnn'"):
+        _core.recurrent_layer(gx, w.panels, None, np.array([2, 2, 1]), False, "rnn", out)

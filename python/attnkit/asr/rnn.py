@@ -163,20 +163,9 @@ class PackedRNN:
         T, B, H = gx.shape[0], gx.shape[1], self.hidden_size
         w_hh, b_hh = self._w_hh[f"{layer}{suffix}"], self.params[f"bias_hh_l{layer}{suffix}"]
         out = np.zeros((T, B, H), self.dtype)
-        if self.rnn_type == "lstm":
-            # The whole recurrence in one C++ call (src/cpp/cpu/lstm.cc), the same cell; the frame
-            # loop below (still GRU's) costs ~30 us of NumPy calls per frame.
-            _core.lstm_layer(np.ascontiguousarray(gx), w_hh.panels, b_hh, np.ascontiguousarray(active, np.int64),
-                             bool(suffix), out)
-            return out
-        h = np.zeros((B, H), self.dtype)
-        c = np.zeros((B, H), self.dtype) if self.rnn_type == "lstm" else None
+        # The whole recurrence in one C++ call (src/cpp/cpu/recurrent.cc), the cells' formulas of
+        # lstm_cell / gru_cell; a frame loop of those costs ~30 us of NumPy calls per frame.
         # Backward: a row becomes active at its own last frame, still holding its zero state.
-        for t in (range(T - 1, -1, -1) if suffix else range(T)):
-            n = int(active[t])
-            if self.rnn_type == "lstm":
-                h[:n], c[:n] = lstm_cell(None, h[:n], c[:n], None, w_hh, None, b_hh, gates_x=gx[t, :n])
-            else:
-                h[:n] = gru_cell(None, h[:n], None, w_hh, None, b_hh, gates_x=gx[t, :n])
-            out[t, :n] = h[:n]
+        _core.recurrent_layer(np.ascontiguousarray(gx), w_hh.panels, b_hh, np.ascontiguousarray(active, np.int64),
+                              bool(suffix), self.rnn_type, out)
         return out

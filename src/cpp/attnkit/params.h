@@ -108,16 +108,20 @@ struct LinearParams {
 // (one AVX-512 vector, two AVX2 vectors), so a packed weight serves every ISA.
 constexpr int64_t kLinearPanelBytes = 64;
 
-// One direction of one LSTM layer (torch.nn.LSTM's cell, gate order i, f, g, o) over T frames
-// of B rows, from a zero state: per frame t (from T-1 down with reverse), rows [0, active[t])
-// step; a row's state waits while it is inactive (rows sorted longest first: forward, a row
-// stops after its last frame; backward, it starts at its own last frame from zero).
-struct LstmLayerParams {
+// The cells of torch.nn.LSTM (G = 4 gates, order i, f, g, o) and torch.nn.GRU (G = 3, r, z, n).
+enum class RecurrentCell : int { lstm = 0, gru = 1 };
+
+// One direction of one LSTM or GRU layer over T frames of B rows, from a zero state: per frame t
+// (from T-1 down with reverse), rows [0, active[t]) step; a row's state waits while it is
+// inactive (rows sorted longest first: forward, a row stops after its last frame; backward, it
+// starts at its own last frame from zero).
+struct RecurrentLayerParams {
   DType dtype = DType::f32;
+  RecurrentCell cell = RecurrentCell::lstm;
   int64_t T = 0, B = 0, H = 0;
-  const void* gx = nullptr;        // [T][B][4H]: x W_ih^T + b_ih
-  const void* w_hh = nullptr;      // weight_hh [4H, H] packed (LinearParams::packed)
-  const void* b_hh = nullptr;      // [4H] or null
+  const void* gx = nullptr;        // [T][B][G*H]: x W_ih^T + b_ih
+  const void* w_hh = nullptr;      // weight_hh [G*H, H] packed (LinearParams::packed)
+  const void* b_hh = nullptr;      // [G*H] or null
   const int64_t* active = nullptr; // [T], each in [0, B]
   bool reverse = false;
   void* out = nullptr;             // [T][B][H]: h of the rows that stepped; the rest untouched

@@ -9,7 +9,7 @@ void register_dot_product_cuda(nanobind::module_& m);
 void register_additive(nanobind::module_& m);
 void register_additive_cuda(nanobind::module_& m);
 void register_linear(nanobind::module_& m);
-void register_lstm(nanobind::module_& m);
+void register_recurrent(nanobind::module_& m);
 void register_ctc_prefix(nanobind::module_& m);
 void register_ctc_prefix_cuda(nanobind::module_& m);
 }  // namespace attnkit::bindings

@@ -25,7 +25,7 @@ void set_active_isa(const std::string& name);  // throws ValueError / Unsupporte
   void sdpa_forward(const ::attnkit::SdpaParams& p);                                      \
   void additive_step(const ::attnkit::AdditiveStepParams& p);                             \
   void linear(const ::attnkit::LinearParams& p);                                          \
-  void lstm_layer(const ::attnkit::LstmLayerParams& p);                                  \
+  void recurrent_layer(const ::attnkit::RecurrentLayerParams& p);                                  \
   void ctc_prefix_scores(const ::attnkit::CtcPrefixParams& p);
 
 namespace portable { ATTNKIT_DECLARE_CPU_KERNELS }

@@ -1,4 +1,4 @@
-#include "ops/lstm.h"
+#include "ops/recurrent.h"
 
 #include <string>
 
@@ -7,13 +7,13 @@
 
 namespace attnkit {
 
-void lstm_layer_cpu(const LstmLayerParams& p) {
+void recurrent_layer_cpu(const RecurrentLayerParams& p) {
   for (int64_t t = 0; t < p.T; ++t)
     if (p.active[t] < 0 || p.active[t] > p.B)
-      throw ValueError("lstm_layer: active must lie in [0, B=" + std::to_string(p.B) + "], got active[" +
+      throw ValueError("recurrent_layer: active must lie in [0, B=" + std::to_string(p.B) + "], got active[" +
                        std::to_string(t) + "]=" + std::to_string(p.active[t]));
   if (p.T == 0 || p.B == 0) return;
-  ATTNKIT_CPU_DISPATCH(lstm_layer, p);
+  ATTNKIT_CPU_DISPATCH(recurrent_layer, p);
 }
 
 }  // namespace attnkit
