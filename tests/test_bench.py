@@ -324,3 +324,30 @@ def test_pooled_timing_takes_every_round_s_samples():
     assert p.calls_per_sample == 10 and p.warmup_calls == 3
     with pytest.raises(ValueError):
         pooled([])
+
+
+def test_ctc_prefix_peers_compute_attnkit_scores(tmp_path, capsys):
+    """The ctc-prefix op's NumPy peer (and ESPnet's CTCPrefixScoreTH where installed) gives the
+    scores attnkit's timed call gives, and the op runs through the command with its records."""
+    from attnkit.bench import ctc_prefix
+    from attnkit.bench.cases import CtcPrefixCase
+
+    case = CtcPrefixCase(2, 3, 80, scored=5, vocab=12)
+    c = case.make_inputs(np.random.default_rng(0))
+    want, _ = ctc_prefix.attnkit_calls(case, [c])[0]()
+    np.testing.assert_allclose(ctc_prefix.numpy_calls(case, [c])[0](), want, rtol=1e-5, atol=1e-4)
+    try:
+        import espnet  # noqa: F401
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        got, _ = ctc_prefix.torch_calls(torch, case, [c])[0]()
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-4)
+    path = tmp_path / "run.json"
+    assert main(FAST + ["--ops", "ctc-prefix", "--case", "N=10 T=200", "--backends", "attnkit,numpy",
+                        "--json", str(path)]) == 0
+    records = [r for r in read_lines(path) if r["type"] == "case"]
+    assert {r["backend"] for r in records} == {"attnkit", "numpy"}
+    assert all(r["status"] == "ok" and r["op"] == "ctc-prefix" and r["seq_len"] == 200 for r in records)
+    assert "| ctc-prefix | CTC N=10 T=200 S=15 V=500" in capsys.readouterr().out

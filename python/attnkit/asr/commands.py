@@ -25,11 +25,15 @@ def _recognizer(args):
     from attnkit._core import UnsupportedError
     from attnkit.asr.recognizer import Recognizer
 
-    try:
-        return Recognizer(args.model, beam=args.beam, ctc_weight=args.ctc_weight, penalty=args.penalty,
-                          device=args.device)
-    except UnsupportedError as e:
-        raise SystemExit(f"attnkit: --device {args.device}: {e}") from None
+    if args.device == "cuda":
+        from attnkit.asr.recognizer import gpu_array_module
+
+        try:
+            gpu_array_module()  # CuPy, the CUDA build and a GPU, before the model is loaded
+        except UnsupportedError as e:
+            raise SystemExit(f"attnkit: --device cuda: {e}") from None
+    return Recognizer(args.model, beam=args.beam, ctc_weight=args.ctc_weight, penalty=args.penalty,
+                      device=args.device)
 
 
 def _progress(items, what: str):
