@@ -149,7 +149,7 @@ class DeviceEncoder:
         T, B, H = gx.shape[0], gx.shape[1], rnn["hidden"]
         out = xp.zeros((T, B, H), self.dtype)
         h = xp.zeros((B, H), self.dtype)
-        c = xp.zeros((B, H), self.dtype)
+        c = xp.zeros((B, H), self.dtype) if rnn["lstm"] else None
         # Backward: a row becomes active at its own last frame, still holding its zero state.
         for t in (range(T - 1, -1, -1) if reverse else range(T)):
             n = int(active[t])
