@@ -14,9 +14,9 @@ Both libraries get the same thread count (--threads).
     python benchmarks/bench_decode.py [--model DIR] [--wav-dir DIR] [--threads 1] [--out PREFIX]
                                       [--ctc-weight 0.3] [--device cuda]
 
-With --device cuda both sides decode on the GPU (attnkit: encoder and searches on CuPy arrays, the
-single-utterance "beam" row as the batched search of one utterance; PyTorch: the same loops on
-CUDA tensors); the times include copying each batch's features to the device.
+With --device cuda both sides decode on the GPU (attnkit: encoder and searches on CuPy arrays;
+PyTorch: the same loops on CUDA tensors); the times include copying each batch's features to the
+device.
 """
 from __future__ import annotations
 

@@ -141,3 +141,20 @@ def test_the_recogniser_on_the_gpu_transcribes_the_bundled_samples():
         got, want = gpu.transcribe_file(path), cpu.transcribe_file(path)
         assert got.token_ids == want.token_ids, path.name
         np.testing.assert_allclose(got.weights, want.weights, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("use_ctc", [False, True])
+def test_single_utterance_beam_search_on_the_gpu_equals_the_cpu(use_ctc):
+    from attnkit.asr.search import beam_search
+    from test_asr_search import toy_lm
+
+    enc, logp = inputs([14], np.float32, seed=9)
+    decoder = toy_decoder("AttLoc", np.float32, eos_bias=0.8, layers=2)
+    options = SearchOptions(beam_size=3, nbest=3, ctc_weight=0.3 if use_ctc else 0.0, lm_weight=0.5, penalty=0.1)
+    ctc = logp[0] if use_ctc else None
+    lm = toy_lm(np.float32)
+    got = beam_search(decoder, cp.asarray(enc[0]), ctc_logp=None if ctc is None else cp.asarray(ctc), lm=lm,
+                      options=options)
+    want = beam_search(decoder, enc[0], ctc_logp=ctc, lm=lm, options=options)
+    for g, w in zip(got, want):
+        assert_same(g, w, np.float32)

@@ -161,8 +161,11 @@ def test_what_the_gpu_loop_does_not_run_is_a_typed_error(kernel_on_cpu):
 
     with pytest.raises(attnkit.UnsupportedError, match="on the GPU lm must be an attnkit.asr.RNNLM"):
         batch_beam_search(decoder, on(enc), lengths, lm=DuckLM())
-    with pytest.raises(attnkit.UnsupportedError, match="beam_search runs on the CPU only"):
-        beam_search(decoder, on(enc[0]))
+    with pytest.raises(attnkit.UnsupportedError, match="needs a float32 decoder"):
+        beam_search(toy_decoder("AttLoc", np.float64), on(enc[0].astype(np.float64)),
+                    ctc_logp=on(logp[0].astype(np.float64)), options=SearchOptions(ctc_weight=0.3))
+    with pytest.raises(ValueError, match=r"enc must be \[T, E\]"):
+        beam_search(decoder, on(enc))
     with pytest.raises(attnkit.UnsupportedError, match="AttDot runs on the CPU only"):
         greedy_search(toy_decoder("AttDot", np.float32), on(enc), lengths)
     with pytest.raises(TypeError, match="enc must have the decoder's dtype float32"):
@@ -273,3 +276,34 @@ def test_the_ctc_scorer_on_the_device_equals_the_cpu_scorer(ctc_on_cpu):
         last = best.reshape(-1) % O
     with pytest.raises(attnkit.UnsupportedError, match="margin .* runs on the CPU only"):
         CTCPrefixScoreBatch(on(logp), lengths, 0, EOS, margin=3)
+
+
+SINGLE_OPTIONS = [
+    (SearchOptions(beam_size=3, nbest=3, penalty=0.2), False, False),
+    (SearchOptions(beam_size=4, nbest=2, maxlenratio=0.5), False, False),      # forced ends at maxlen
+    (SearchOptions(beam_size=3, minlenratio=0.9, maxlenratio=1.0), False, False),  # re-runs with lower minlen
+    (SearchOptions(beam_size=V + 3, nbest=4), False, False),                    # a beam wider than the vocabulary
+    (SearchOptions(beam_size=3, nbest=2, ctc_weight=0.4), True, False),
+    (SearchOptions(beam_size=2, ctc_weight=1.0), True, False),                 # every label CTC-scored
+    (SearchOptions(beam_size=3, nbest=2, lm_weight=0.6), False, True),
+    (SearchOptions(beam_size=3, nbest=3, ctc_weight=0.3, lm_weight=0.5, penalty=0.1), True, True),
+]
+
+
+@pytest.mark.parametrize("options, use_ctc, use_lm", SINGLE_OPTIONS)
+@pytest.mark.parametrize("cls", ["AttLoc", "AttCovLoc"])
+def test_single_utterance_beam_search_on_the_device_equals_the_cpu(ctc_on_cpu, kernel_on_cpu, options, use_ctc,
+                                                                   use_lm, cls):
+    lengths = [14]
+    enc, logp = inputs(lengths, np.float32, seed=9)
+    decoder = toy_decoder(cls, np.float32, eos_bias=0.8, layers=2)
+    lm = toy_lm(np.float32) if use_lm else None
+    ctc = logp[0] if use_ctc else None
+    want = beam_search(decoder, enc[0], ctc_logp=ctc, lm=lm, options=options)
+    got, reads = reads_during(lambda: beam_search(decoder, on(enc[0]), ctc_logp=None if ctc is None else on(ctc),
+                                                  lm=lm, options=options))
+    assert reads <= len(kernel_on_cpu) + 10  # one flag per step, the records once
+    assert len(ctc_on_cpu) == (len(kernel_on_cpu) if use_ctc else 0)
+    assert [h.yseq.tolist() for h in got] == [h.yseq.tolist() for h in want]
+    for g, w in zip(got, want):
+        assert_same_hypothesis(g, w, np.float32)

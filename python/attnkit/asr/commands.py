@@ -17,8 +17,7 @@ def _add_search_options(p: argparse.ArgumentParser) -> None:
                    help="joint CTC/attention weight in [0, 1] (model with a CTC branch; default 0)")
     p.add_argument("--penalty", type=float, default=0.0, help="score added per emitted token (default 0)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                   help="where the encoder and search run (default cpu); cuda needs CuPy and a GPU, and runs a "
-                        "beam > 1 as the batched search (ESPnet's recognize_beam_batch rules)")
+                   help="where the encoder and search run (default cpu); cuda needs CuPy and a GPU")
 
 
 def _recognizer(args):

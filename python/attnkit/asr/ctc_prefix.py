@@ -100,12 +100,27 @@ class CTCPrefixScore:
     x ``[T, O]`` CTC log-posteriors of one utterance (no padding); blank and eos ids. As ESPnet,
     the forward variables r are stored in float32 whatever x's dtype (``state_dtype``; pass
     x.dtype for full float64), and a state is r ``[T, 2]`` (r^n, r^b) per hypothesis.
-    ``score`` runs several hypotheses of the same length at once.
+    ``score`` runs several hypotheses of the same length at once. A CuPy x computes on its
+    device (labels and states are then arrays of that device), with states in x's dtype.
     """
 
     def __init__(self, x, blank: int, eos: int, *, state_dtype=np.float32):
         op = "CTCPrefixScore"
-        self.x = host_float_array(op, "x", x, (2,))
+        if is_device_array(x):
+            call = GpuCall(op, {"x": x})
+            self.xp = getattr(call.lib, "xp", None)
+            if self.xp is None:
+                raise UnsupportedError(f"{op}: x must be a CuPy array on the GPU, got a {call.lib.name} array")
+            if x.ndim != 2 or x.dtype.kind != "f":
+                raise ValueError(f"{op}: x must be a 2-D float array [T, O], got {describe(x)}")
+            if np.dtype(state_dtype) != x.dtype:
+                raise UnsupportedError(f"{op}: on the GPU the states take x's dtype {x.dtype}, got state_dtype "
+                                       f"{np.dtype(state_dtype)} (ESPnet's float32 states under float64 "
+                                       f"log-posteriors run on the CPU)")
+            self.x = x
+        else:
+            self.xp = np
+            self.x = host_float_array(op, "x", x, (2,))
         T, O = self.x.shape
         for name, v in (("blank", blank), ("eos", eos)):
             if not isinstance(v, (int, np.integer)) or not 0 <= v < O:
@@ -117,7 +132,11 @@ class CTCPrefixScore:
     def initial_state(self) -> np.ndarray:
         """r ``[T, 2]`` of the empty prefix: r^n = LOGZERO, r^b_t = sum_{s<=t} x_s(blank),
         accumulated in the state dtype frame by frame, as ESPnet."""
-        r = np.full((self.input_length, 2), LOGZERO, dtype=self.state_dtype)
+        xp = self.xp
+        r = xp.full((self.input_length, 2), LOGZERO, dtype=self.state_dtype)
+        if xp is not np:  # a running sum in the state dtype (its order is the library's)
+            r[:, 1] = xp.cumsum(self.x[:, self.blank].astype(self.state_dtype))
+            return r
         r[0, 1] = self.x[0, self.blank]
         for t in range(1, self.input_length):
             r[t, 1] = r[t - 1, 1] + self.x[t, self.blank]
@@ -130,16 +149,18 @@ class CTCPrefixScore:
         candidates ``[N, C]`` label ids; r_prev ``[T, 2, N]`` their states. Returns psi ``[N, C]``
         and the candidates' states r ``[T, 2, N, C]``.
         """
-        cands = np.asarray(candidates, np.int64)
-        last = np.asarray(last)
-        r_prev = np.asarray(r_prev, dtype=self.state_dtype)
-        r_sum = np.logaddexp(r_prev[:, 0], r_prev[:, 1])                      # [T, N]
+        xp = self.xp
+        cands = xp.asarray(candidates).astype(np.int64, copy=False)
+        last = xp.asarray(last)
+        r_prev = xp.asarray(r_prev).astype(self.state_dtype, copy=False)
+        r_sum = xp.logaddexp(r_prev[:, 0], r_prev[:, 1])                      # [T, N]
         repeat = (cands == last[:, None]) & (output_length > 0)  # the empty prefix keeps r_sum
-        r, psi = prefix_scores(self.x, cands, np.full(cands.shape[0], self.blank), r_sum, r_prev[:, 1], repeat,
-                               output_length == 0, max(output_length, 1), self.input_length, self.state_dtype)
-        psi = np.where(cands == self.eos, r_sum[-1][:, None], psi)
+        r, psi = prefix_scores(self.x, cands, xp.full(cands.shape[0], self.blank, dtype=np.int64), r_sum,
+                               r_prev[:, 1], repeat, output_length == 0, max(output_length, 1), self.input_length,
+                               self.state_dtype)
+        psi = xp.where(cands == self.eos, r_sum[-1][:, None], psi)
         if self.eos != self.blank:
-            psi = np.where(cands == self.blank, LOGZERO, psi)
+            psi = xp.where(cands == self.blank, psi.dtype.type(LOGZERO), psi)
         return psi, r
 
     def __call__(self, y, cs, r_prev) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,6 @@
-"""The decoder loop on the GPU: ESPnet's RNN decoder step, greedy search and batched beam search
-on CuPy arrays, with no host round trip per step but the end-of-search check.
+"""The decoder loop on the GPU: ESPnet's RNN decoder step, greedy search, single-utterance beam
+search and batched beam search on CuPy arrays, with no host round trip per step but the
+end-of-search check.
 
 ``DeviceDecoder`` holds a copy of an ``RNNDecoder``'s weights on one GPU (``decoder.on_device(like)``
 makes it once per device) and mirrors its ``prepare`` / ``init_state`` / ``step`` / ``select`` on
@@ -7,8 +8,8 @@ arrays of that device: the attention in attnkit's CUDA step (AttAdd, AttLoc, Att
 the embedding as a row gather of the tabulated cell-0 gates, the cells and the output layer as
 CuPy products (cuBLAS) and elementwise kernels, the same formulas as the CPU decoder.
 
-``greedy_search`` and ``batch_beam_search`` (attnkit.asr.search) come here when ``enc`` is a CuPy
-array. Tokens, scores, back-pointers, attention weights and ESPnet's ended-hypothesis bookkeeping
+``greedy_search``, ``beam_search`` and ``batch_beam_search`` (attnkit.asr.search) come here when
+``enc`` is a CuPy array. Tokens, scores, back-pointers, attention weights and ESPnet's ended-hypothesis bookkeeping
 (scores by length for ``end_detect``) stay on the device; each step the host reads one flag (has
 every utterance ended?), and the results come back in one copy at the end, where they are built
 by the CPU search's own code (``_Ended``, ``_Alignment``), so ranking, n-best and score
@@ -21,6 +22,8 @@ Not yet run on a GPU (none has been lent to this project so far): tests/test_cud
 runs these loops on a NumPy stand-in for CuPy, through the GPU plumbing, against the CPU searches.
 """
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
@@ -263,6 +266,139 @@ def batch_beam_search(decoder: RNNDecoder, enc, lengths, ctc_logp, lm, options, 
     dd = decoder.on_device(enc)
     with dd.context():
         return _batch_beam(dd, enc, lengths, ctc_logp, None if lm is None else lm.on_device(enc), options, normalize)
+
+
+def beam_search(decoder: RNNDecoder, enc, ctc_logp, lm, options):
+    """``search.beam_search`` (ESPnet's ``recognize_beam``) on the device for one utterance enc
+    ``[T, E]``, with CTC (states in the decoder's dtype) and an RNNLM; the caller checked the rest."""
+    op = "beam_search"
+    if lm is not None and not isinstance(lm, RNNLM):
+        raise UnsupportedError(f"{op}: on the GPU lm must be an attnkit.asr.RNNLM, got {describe(lm)}")
+    dd = decoder.on_device(enc)
+    d = dd.decoder
+    if enc.ndim != 2 or enc.shape[-1] != d.eprojs:
+        raise ValueError(f"{op}: enc must be [T, E] with E = eprojs = {d.eprojs}, got shape {tuple(enc.shape)}")
+    if enc.dtype != d.dtype:
+        raise TypeError(f"{op}: enc must have the decoder's dtype {d.dtype}, got {enc.dtype}")
+    if options.ctc_weight > 0 and d.dtype != np.float32:
+        raise UnsupportedError(f"{op}: on the GPU joint CTC decoding of one utterance needs a float32 decoder "
+                               f"(ESPnet keeps this scorer's states in float32 whatever the model's dtype), got "
+                               f"{d.dtype}; batch_beam_search runs it in float64")
+    with dd.context():
+        x = _device_ctc(op, dd, None if ctc_logp is None else ctc_logp[None], enc[None].shape)[0] \
+            if options.ctc_weight > 0 else None
+        prepared = dd.prepare(enc[None], np.array([enc.shape[0]]))
+        dlm = None if lm is None else lm.on_device(enc)
+        while True:
+            found = _recognize_beam(dd, prepared, x, dlm, options)
+            if found or options.minlenratio <= 0:
+                return found
+            options = replace(options, minlenratio=max(0.0, options.minlenratio - 0.1))
+
+
+def _recognize_beam(dd: DeviceDecoder, prepared: DecoderPrepared, x, dlm: "DeviceLM | None", o):
+    """The device twin of search._recognize_beam. The running hypotheses are always ``beam`` rows:
+    a row that ended (or was never filled) holds the score -inf, so its children lose every
+    comparison, which keeps ESPnet's pool of the beam best children of the running ones without
+    the host knowing which rows run. The host reads one flag per step (search over?)."""
+    from attnkit.asr.ctc_prefix import CTCPrefixScore
+    from attnkit.asr.search import CTC_SCORING_RATIO, END_DETECT_MARGIN, END_DETECT_STEPS, _max_length
+
+    decoder, xp = dd.decoder, dd.xp
+    V, eos, beam = decoder.vocab_size, decoder.eos, o.beam_size
+    maxlen = _max_length(o.maxlenratio, prepared.frames)
+    minlen = int(o.minlenratio * maxlen)
+    k = min(beam, V)
+    rows = np.zeros(beam, np.int64)
+    state = dd.init_state(prepared, rows)
+    score = xp.full(beam, -np.inf, decoder.dtype)
+    score[0] = 0                                              # one running hypothesis at first
+    last = xp.full(beam, decoder.sos, np.int64)
+    lm_state = None
+    scorer = None
+    if x is not None:
+        scorer = CTCPrefixScore(x, decoder.blank, eos)  # float32 states, as ESPnet (and the decoder)
+        ctc_r = xp.repeat(scorer.initial_state()[:, :, None], beam, axis=2)   # [T, 2, beam]
+        ctc_prev = xp.zeros(beam, decoder.dtype)
+        ctc_beam = min(V, int(beam * CTC_SCORING_RATIO)) if o.ctc_weight != 1.0 else V
+        k = min(beam, ctc_beam)
+    best = xp.full((), -np.inf, decoder.dtype)
+    best_len = xp.full(maxlen + 3, -np.inf, decoder.dtype)  # by yseq length: i + 2, or i + 3 when forced
+    has_len = xp.zeros(maxlen + 3, bool)
+    steps = []  # per step: parent, token, weights, peak, ended score, ended mask
+    for i in range(maxlen):
+        logp, new_state, att = dd.step(prepared, last, state, rows)
+        local = logp
+        if dlm is not None:
+            lm_new, lm_logp = dlm.predict(lm_state, last)
+            local = logp + o.lm_weight * lm_logp
+        if scorer is None:
+            pick = xp.argsort(-local, axis=1, kind="stable")[:, :k]   # [beam, k] per parent, best first
+            tokens, child = pick, xp.take_along_axis(local, pick, axis=1)
+        else:
+            cand = xp.argsort(-logp, axis=1, kind="stable")[:, :ctc_beam]  # by the attention score alone
+            psi, ctc_r_new = scorer.score(last, i, cand, ctc_r)
+            joint = (1.0 - o.ctc_weight) * xp.take_along_axis(logp, cand, axis=1) \
+                + o.ctc_weight * (psi - ctc_prev[:, None])
+            if dlm is not None:
+                joint = joint + o.lm_weight * xp.take_along_axis(lm_logp, cand, axis=1)
+            pick = xp.argsort(-joint, axis=1, kind="stable")[:, :k]
+            tokens, child = xp.take_along_axis(cand, pick, axis=1), xp.take_along_axis(joint, pick, axis=1)
+        total = score[:, None] + child                         # dead parents: -inf
+        order = xp.argsort(-total.reshape(-1), kind="stable")[:beam]
+        parent, rank = order // k, order % k
+        token = tokens[parent, rank]
+        score = total[parent, rank]
+        alive = score > -np.inf
+        forced = i == maxlen - 1
+        done = alive & ((token == eos) | forced)
+        length = i + 3 if forced else i + 2                   # yseq length with its eos
+        ended = done & (length > minlen)
+        s = score + (i + 1) * o.penalty                         # an RNNLM's final score is 0
+        found = xp.where(ended, s, -np.inf)
+        best = xp.maximum(best, found.max())
+        best_len[length] = xp.maximum(best_len[length], found.max())
+        has_len[length] = has_len[length] | ended.any()
+        steps.append((parent, token, att.weights, att.peak, s, ended))
+        running = alive & ~done
+        stop = ~running.any()
+        if o.maxlenratio == 0 and i >= END_DETECT_STEPS - 1:
+            recent = slice(i - END_DETECT_STEPS + 1, i + 1)        # yseq lengths i - 2 .. i
+            stop = stop | (has_len[recent] & (best_len[recent] - best < END_DETECT_MARGIN)).all()
+        if _host(xp, stop):
+            break
+        state, last = dd.select(new_state, parent), token
+        score = xp.where(running, score, -np.inf)
+        if dlm is not None:
+            lm_state = dlm.select(lm_new, parent)
+        if scorer is not None:
+            slot = pick[parent, rank]
+            ctc_r, ctc_prev = ctc_r_new[:, :, parent, slot], psi[parent, slot]
+    return _single_results(decoder, steps, maxlen, o, prepared.frames, xp)
+
+
+def _single_results(decoder, steps, maxlen, o, frames, xp):
+    """The hypotheses of ``_recognize_beam``, built on the host from the per-step records (one copy
+    of each) in the CPU search's order of ended entries (step, then row)."""
+    from attnkit.asr.search import _Alignment, _Ended
+
+    eos = decoder.eos
+    parent, token = _host(xp, xp.stack([s[0] for s in steps])), _host(xp, xp.stack([s[1] for s in steps]))
+    weights, peaks = _host(xp, xp.stack([s[2] for s in steps])), _host(xp, xp.stack([s[3] for s in steps]))
+    scores, ended = _host(xp, xp.stack([s[4] for s in steps])), _host(xp, xp.stack([s[5] for s in steps]))
+    alignment = _Alignment()
+    for i in range(len(steps)):
+        alignment.push(weights[i], peaks[i], None if i == 0 else parent[i - 1])  # step i's rows: step i-1's picks
+    result = _Ended()
+    for i in range(len(steps)):
+        for m in np.flatnonzero(ended[i]):
+            y, row = [], int(m)
+            for s in range(i, -1, -1):
+                y.append(int(token[s, row]))
+                row = int(parent[s, row])
+            y = [decoder.sos] + y[::-1] + ([eos] if i == maxlen - 1 else [])
+            result.add(scores[i, m], np.array(y, np.int64), i, int(parent[i, m]))
+    return result.results(o.nbest, alignment, eos, False, frames)
 
 
 def _device_ctc(op: str, dd: DeviceDecoder, ctc_logp, enc_shape):

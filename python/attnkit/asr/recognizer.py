@@ -16,7 +16,7 @@ from attnkit._core import UnsupportedError
 from attnkit.asr.audio import load_audio
 from attnkit.asr.features import FeatureExtractor
 from attnkit.asr.model import AsrModel
-from attnkit.asr.search import SearchOptions, batch_beam_search, beam_search, greedy_search
+from attnkit.asr.search import SearchOptions, beam_search, greedy_search
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = PACKAGE_DIR / "models" / "digits"
@@ -101,10 +101,8 @@ class Recognizer:
     ``minlenratio``.
 
     device ``"cuda"``: the encoder and the search run on the current CuPy device (features and the
-    result stay on the host). There the beam search is the batched one (ESPnet's
-    ``recognize_beam_batch`` rules for one utterance, ranked by raw score as ``recognize_beam``),
-    since the single-utterance search has no GPU loop; it can end hypotheses differently from the
-    CPU's ``recognize_beam`` (spec section 3.5). Needs CuPy, attnkit's CUDA part and a GPU.
+    result stay on the host), with the same search rules. Needs CuPy, attnkit's CUDA part and a GPU;
+    joint CTC decoding there needs a float32 model (ESPnet's float32 CTC states).
     """
 
     def __init__(self, model=None, *, beam: int = 1, ctc_weight: float = 0.0, penalty: float = 0.0,
@@ -157,10 +155,6 @@ class Recognizer:
         o = self.options
         if o.beam_size == 1 and o.ctc_weight == 0:
             hyp = greedy_search(self.model.decoder, enc, enc_lengths, maxlenratio=o.maxlenratio, penalty=o.penalty)[0]
-        elif self._xp is not None:
-            lpz = self.model.ctc_log_probs(enc) if o.ctc_weight > 0 else None
-            hyp = batch_beam_search(self.model.decoder, enc, enc_lengths, ctc_logp=lpz, options=o,
-                                    normalize_score=False)[0][0]
         else:
             lpz = self.model.ctc_log_probs(enc)[0] if o.ctc_weight > 0 else None
             hyp = beam_search(self.model.decoder, enc[0], ctc_logp=lpz, options=o)[0]

@@ -222,7 +222,7 @@ def _ctc_input(op: str, ctc_logp, options: SearchOptions, decoder: RNNDecoder, s
 def _encoder(op: str, enc, ndim: int, decoder: RNNDecoder) -> np.ndarray:
     if is_device_array(enc):
         raise UnsupportedError(f"{op}: enc is a GPU array, but {op} runs on the CPU only so far (on the GPU: "
-                               f"greedy_search and batch_beam_search), got {describe(enc)}")
+                               f"greedy_search, beam_search and batch_beam_search), got {describe(enc)}")
     if not isinstance(enc, np.ndarray):
         raise TypeError(f"{op}: enc must be a numpy.ndarray, got {describe(enc)}")
     if enc.ndim != ndim or enc.shape[-1] != decoder.eprojs:
@@ -340,13 +340,22 @@ def beam_search(decoder: RNNDecoder, enc, *, ctc_logp=None, lm=None, options: Se
     hypothesis ends, end detection only with maxlenratio == 0, raw scores (no length
     normalisation), and a re-run with minlenratio - 0.1 when nothing ended. The running hypotheses
     are the rows of one decoder step. A beam wider than the vocabulary keeps every label of each
-    parent (ESPnet's topk raises there). Returns the ``nbest`` best hypotheses.
+    parent (ESPnet's topk raises there). Returns the ``nbest`` best hypotheses. With ``enc`` (and
+    ``ctc_logp``) CuPy arrays the search runs on their GPU (attnkit.asr.device; CTC there needs a
+    float32 decoder, as ESPnet keeps the CTC states in float32).
     """
     op = "beam_search"
     decoder = _check_decoder(op, decoder)
     options = _check_options(op, options)
-    enc = _encoder(op, enc, 2, decoder)
     lm = _check_lm(op, lm, decoder)
+    if is_device_array(enc):
+        if trans_token is not None:
+            raise UnsupportedError(f"{op}: trans_token (GDCAttLoc) runs on the CPU only so far, got one with a GPU enc")
+        if enc.shape[0] == 0:
+            warnings.warn(f"{op}: enc has no frames; returning an empty hypothesis", stacklevel=2)
+            return [_empty_hypothesis(decoder, 0)]
+        return device.beam_search(decoder, enc, ctc_logp, lm, options)
+    enc = _encoder(op, enc, 2, decoder)
     T = enc.shape[0]
     x = _ctc_input(op, ctc_logp, options, decoder, (T, decoder.vocab_size))
     if T == 0:

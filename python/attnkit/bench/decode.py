@@ -73,8 +73,7 @@ def padded(feats: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 def attnkit_runner(model, search: str, beam: int, batch: int, xp=None,
                    ctc_weight: float = 0.0) -> Callable[[list[np.ndarray]], list[list[int]]]:
     """A function decoding a list of feature matrices, `batch` at a time, to token-id lists. With
-    `xp` (CuPy) each batch's features are copied to the current GPU and decoded there; "beam" is
-    then the batched search of one utterance (the single-utterance search has no GPU loop).
+    `xp` (CuPy) each batch's features are copied to the current GPU and decoded there.
     `ctc_weight` > 0: joint CTC/attention beam searches (greedy search has no CTC)."""
     from attnkit.asr.search import SearchOptions, batch_beam_search, beam_search, greedy_search
 
@@ -90,10 +89,6 @@ def attnkit_runner(model, search: str, beam: int, batch: int, xp=None,
             lpz = model.ctc_log_probs(enc) if ctc_weight > 0 and search != "greedy" else None
             if search == "greedy":
                 out += [h.tokens.tolist() for h in greedy_search(model.decoder, enc, enc_lengths)]
-            elif search == "beam" and xp is not None:
-                out += [batch_beam_search(model.decoder, enc[b:b + 1], enc_lengths[b:b + 1],
-                                          ctc_logp=None if lpz is None else lpz[b:b + 1], options=options,
-                                          normalize_score=False)[0][0].tokens.tolist() for b in range(enc.shape[0])]
             elif search == "beam":
                 out += [beam_search(model.decoder, enc[b, :enc_lengths[b]],
                                     ctc_logp=None if lpz is None else lpz[b, :enc_lengths[b]],
