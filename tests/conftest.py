@@ -91,9 +91,13 @@ def ctc_on_cpu(kernel_on_cpu, monkeypatch):
     kernel_on_cpu's capsules), recording the calls."""
     calls = []
 
-    def fake(x, label_col, blank_col, r_sum, r_blank, repeat, first_label, start, end, logzero, r, psi, stream):
+    def fake(x, label_col, blank_col, r_sum, r_blank, repeat, first_label, start, end, logzero, r, psi, window,
+             stream):
         assert isinstance(stream, int) and r.a.dtype == psi.a.dtype == x.a.dtype
         calls.append(stream)
+        if window is not None:  # device-held bounds, clamped as the CUDA kernel clamps them
+            assert window.a.shape == (2,) and window.a.dtype == np.int64
+            start, end = max(int(window.a[0]), 1), min(int(window.a[1]), x.a.shape[0])
         _core.ctc_prefix_scores(x.a, label_col.a, blank_col.a, r_sum.a, r_blank.a, repeat.a, first_label, start, end,
                                 logzero, r.a, psi.a)
 

@@ -10,7 +10,8 @@ import itertools
 import numpy as np
 import pytest
 
-from attnkit.asr.ctc_prefix import LOGZERO, CTCPrefixScore, CTCPrefixScoreBatch
+from attnkit import UnsupportedError
+from attnkit.asr.ctc_prefix import LOGZERO, CTCPrefixScore, CTCPrefixScoreBatch, prefix_scores
 
 BLANK = 0
 
@@ -178,6 +179,10 @@ def test_errors_name_the_argument():
         CTCPrefixScoreBatch(np.zeros((2, 3, 4)), [3, 4], 0, 3)
     with pytest.raises(ValueError, match="margin"):
         CTCPrefixScoreBatch(np.zeros((1, 3, 4)), [3], 0, 3, margin=-1)
+    x, label_col, blank_col, r_sum, r_blank, repeat = recursion_inputs(np.random.default_rng(0), 4, 1, 2, M=3)
+    with pytest.raises(UnsupportedError, match="window .* for GPU arrays"):
+        prefix_scores(x, label_col, blank_col, r_sum, r_blank, repeat, True, 1, 4, np.float64,
+                      window=np.array([1, 4]))
 
 
 # -- ESPnet's own scorers ------------------------------------------------------------------------------
@@ -274,8 +279,6 @@ def gathered(x, label_col, blank_col, r_sum, r_blank, repeat):
 @pytest.mark.parametrize("T,N,C", [(1, 1, 1), (2, 3, 5), (7, 2, 8), (9, 1, 17), (33, 2, 33), (12, 3, 65)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_recursion_kernel_matches_float64_reference_on_every_isa(isa, T, N, C, dtype):
-    from attnkit.asr.ctc_prefix import prefix_scores
-
     rng = np.random.default_rng(T * 100 + C)
     args = recursion_inputs(rng, T, N, C, M=C + 7)
     cast = [a.astype(dtype) if a.dtype.kind == "f" else a for a in args]

@@ -82,14 +82,21 @@ def test_ctc_recursion_on_the_gpu_equals_the_cpu_kernel(T, N, C, dtype):
             for g, w in zip(got, want):
                 assert isinstance(g, cp.ndarray)
                 np.testing.assert_allclose(cp.asnumpy(g), w, rtol=tol, atol=tol)
+        # The same bounds held on the device (the CTC window), out-of-range ones clamped to [1, T].
+        for asked, (start, end) in [((1, T), (1, T)), ((0, T + 5), (1, T)), ((max(1, T // 2), T), (max(1, T // 2), T))]:
+            want = prefix_scores(*args, first_label, start, end, dtype)
+            got = prefix_scores(*(cp.asarray(a) for a in args), first_label, 1, T, dtype,
+                                window=cp.asarray(np.array(asked, np.int64)))
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(cp.asnumpy(g), w, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("ctc_weight", [0.3, 1.0])
-def test_joint_ctc_attention_search_on_the_gpu_equals_the_cpu(ctc_weight):
+@pytest.mark.parametrize("ctc_weight, margin", [(0.3, 0), (1.0, 0), (0.4, 2)])  # margin: the CTC window
+def test_joint_ctc_attention_search_on_the_gpu_equals_the_cpu(ctc_weight, margin):
     lengths = [8, 13, 0, 5]
     enc, logp = inputs(lengths, np.float64, seed=5)
     decoder = toy_decoder("AttLoc", np.float64, eos_bias=0.5, layers=2)
-    options = SearchOptions(beam_size=3, nbest=2, ctc_weight=ctc_weight)
+    options = SearchOptions(beam_size=3, nbest=2, ctc_weight=ctc_weight, ctc_window_margin=margin)
     with pytest.warns(UserWarning):
         got = batch_beam_search(decoder, cp.asarray(enc), lengths, ctc_logp=cp.asarray(logp), options=options)
         want = batch_beam_search(decoder, enc, lengths, ctc_logp=logp, options=options)

@@ -8,8 +8,8 @@ with the attention's kernel entry running the CPU kernel (conftest's ``kernel_on
   length ratios, end detection, LSTM and GRU cells, several layers, context_residual;
 - the host reads one flag per step, plus the results once at the end;
 - joint CTC/attention decoding (the CTC prefix scorer on the device, its recursion's kernel entry
-  running the CPU kernel: conftest's ``ctc_on_cpu``) and RNN-LM shallow fusion give the CPU
-  search's hypotheses too;
+  running the CPU kernel: conftest's ``ctc_on_cpu``), with and without the CTC window, and RNN-LM
+  shallow fusion give the CPU search's hypotheses too;
 - what the GPU loop does not run yet is a typed error, and a real launch with no GPU fails typed.
 The CUDA kernels under it are tested on a GPU by test_cuda_espnet.py.
 """
@@ -145,9 +145,8 @@ def test_what_the_gpu_loop_does_not_run_is_a_typed_error(kernel_on_cpu):
     lengths = [4, 6]
     enc, logp = inputs(lengths, np.float32)
     decoder = toy_decoder("AttLoc", np.float32)
-    with pytest.raises(attnkit.UnsupportedError, match="ctc_window_margin > 0 runs on the CPU only"):
-        batch_beam_search(decoder, on(enc), lengths, ctc_logp=on(logp),
-                          options=SearchOptions(ctc_weight=0.3, ctc_window_margin=2))
+    with pytest.raises(attnkit.UnsupportedError, match="trans_token .* runs on the CPU only"):
+        batch_beam_search(decoder, on(enc), lengths, trans_token=np.full((2, 6), 0.5, np.float32))
     with pytest.raises(TypeError, match="ctc_logp must be a GPU array like enc"):
         batch_beam_search(decoder, on(enc), lengths, ctc_logp=logp, options=SearchOptions(ctc_weight=0.3))
     with pytest.raises(ValueError, match="ctc_logp must be given"):
@@ -274,8 +273,55 @@ def test_the_ctc_scorer_on_the_device_equals_the_cpu_scorer(ctc_on_cpu):
         dev_state = dev.select_state(dev_scores, on(best))
         np.testing.assert_allclose(dev_state.r.a, host_state.r, rtol=1e-12, atol=1e-12)
         last = best.reshape(-1) % O
-    with pytest.raises(attnkit.UnsupportedError, match="margin .* runs on the CPU only"):
-        CTCPrefixScoreBatch(on(logp), lengths, 0, EOS, margin=3)
+
+
+def test_the_ctc_window_on_the_device_equals_the_cpu_window(ctc_on_cpu):
+    from attnkit.asr.ctc_prefix import CTCPrefixScoreBatch
+    lengths = [9, 14]
+    _, logp = inputs(lengths, np.float64, seed=9)
+    W, T, O = 2, logp.shape[1], logp.shape[2]
+    host, dev = CTCPrefixScoreBatch(logp, lengths, 0, EOS, margin=2), CTCPrefixScoreBatch(on(logp), lengths, 0, EOS,
+                                                                                          margin=2)
+    plain = CTCPrefixScoreBatch(logp, lengths, 0, EOS)
+    last = np.array([EOS] * 4)
+    host_state = dev_state = plain_state = None
+    rng = np.random.default_rng(4)
+    cut = False
+    for i in range(6):
+        # Peaked weights moving forward: the window [start, end) moves with them and cuts frames.
+        centre = 1.5 * i + rng.uniform(0, 2, size=(4, 1))
+        att = np.exp(-(np.arange(T) - centre) ** 2)
+        att /= att.sum(axis=1, keepdims=True)
+        want, host_scores = host(last, i, host_state, None, att)
+        (got, dev_scores), reads = reads_during(lambda: dev(on(last), i, dev_state, None, on(att)))
+        assert reads == 0  # the bounds stay on the device
+        np.testing.assert_allclose(got.a, want, rtol=1e-12, atol=1e-12)
+        assert (int(dev_scores.f_min), int(dev_scores.f_max)) == (host_scores.f_min, host_scores.f_max)
+        cut |= not np.allclose(plain(last, i, plain_state, None)[0], want)
+        best = np.stack([rng.permutation(W * O)[:W] for _ in range(len(lengths))])
+        host_state = host.select_state(host_scores, best)
+        dev_state = dev.select_state(dev_scores, on(best))
+        plain_state = host_state._replace(f_min=0, f_max=0)
+        np.testing.assert_allclose(dev_state.r.a, host_state.r, rtol=1e-12, atol=1e-12)
+        last = best.reshape(-1) % O
+    assert cut  # the window did leave frames out
+
+
+@pytest.mark.parametrize("cls", GPU_ATTENTIONS)
+def test_joint_ctc_search_with_the_window_on_the_device_equals_the_cpu(ctc_on_cpu, kernel_on_cpu, cls):
+    lengths = [8, 13, 5]
+    enc, logp = inputs(lengths, np.float64, seed=10)
+    decoder = toy_decoder(cls, np.float64, eos_bias=0.5)
+    options = SearchOptions(beam_size=3, nbest=2, ctc_weight=0.4, ctc_window_margin=2)
+    want = batch_beam_search(decoder, enc, lengths, ctc_logp=logp, options=options)
+    got, reads = reads_during(lambda: batch_beam_search(decoder, on(enc), lengths, ctc_logp=on(logp),
+                                                        options=options))
+    assert len(ctc_on_cpu) == len(kernel_on_cpu) >= 2
+    assert reads <= len(kernel_on_cpu) + 10  # no read per step for the window's bounds
+    for g_list, w_list in zip(got, want):
+        assert [h.yseq.tolist() for h in g_list] == [h.yseq.tolist() for h in w_list]
+        for g, w in zip(g_list, w_list):
+            assert_same_hypothesis(g, w, np.float64)
 
 
 SINGLE_OPTIONS = [

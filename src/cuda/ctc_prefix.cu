@@ -6,8 +6,10 @@
 //
 // The same order of operations as the CPU kernel: psi's terms in two passes (their maximum, then
 // the sum of exp(term - max) beside the recursion), a NaN term dropped from the maximum and kept
-// by the sum; logaddexp as NumPy's. libm's exp and log1p, in the call's dtype. Written without a
-// GPU: it has not run on one yet (NOTES.md).
+// by the sum; logaddexp as NumPy's. libm's exp and log1p, in the call's dtype. The frame range
+// comes from the host (start, end) or, for the CTC window, from a device array that the search
+// computed from the attention weights (p.window). Written without a GPU: it has not run on one
+// yet (NOTES.md).
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -44,8 +46,10 @@ __global__ void ctc_prefix_kernel(CtcPrefixParams p) {
   const T* phi_source = static_cast<const T*>(p.repeat[lane] ? p.r_blank : p.r_sum) + n;
   T* r = static_cast<T*>(p.r) + lane;
   const T zero_log = T(p.logzero);
-  const int64_t start = p.start < p.T ? p.start : p.T;
-  int64_t end = p.end < p.T ? p.end : p.T;
+  int64_t start_asked = p.window ? p.window[0] : p.start, end_asked = p.window ? p.window[1] : p.end;
+  start_asked = start_asked > 1 ? start_asked : 1;  // the host checks its own bounds; these are clamped
+  const int64_t start = start_asked < p.T ? start_asked : p.T;
+  int64_t end = end_asked < p.T ? end_asked : p.T;
   end = end > start ? end : start;
   for (int64_t t = 0; t < p.T; ++t) {
     if (t >= start && t < end) continue;
@@ -53,7 +57,7 @@ __global__ void ctc_prefix_kernel(CtcPrefixParams p) {
     r[(2 * t + 1) * L] = zero_log;
   }
   T* psi = static_cast<T*>(p.psi) + lane;
-  if (p.start > p.T) {
+  if (start_asked > p.T) {
     *psi = zero_log;
     return;
   }
@@ -84,8 +88,10 @@ void ctc_prefix_scores(const CtcPrefixParams& p, const Launch& at) {
   if (p.T < 0 || p.N < 0 || p.C < 0)
     fail("T, N and C must be >= 0, got T=" + std::to_string(p.T) + " N=" + std::to_string(p.N) +
          " C=" + std::to_string(p.C));
-  if (p.start < 1) fail("start must be >= 1 (frame 0 only starts a first label), got " + std::to_string(p.start));
-  if (p.end > p.T) fail("end must be <= T=" + std::to_string(p.T) + ", got " + std::to_string(p.end));
+  if (!p.window) {
+    if (p.start < 1) fail("start must be >= 1 (frame 0 only starts a first label), got " + std::to_string(p.start));
+    if (p.end > p.T) fail("end must be <= T=" + std::to_string(p.T) + ", got " + std::to_string(p.end));
+  }
   if (!p.x || !p.label_col || !p.blank_col || !p.r_sum || !p.r_blank || !p.repeat || !p.r || !p.psi)
     fail("every array must be given");
   const int64_t lanes = p.N * p.C;

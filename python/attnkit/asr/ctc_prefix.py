@@ -38,7 +38,7 @@ def logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def prefix_scores(x, label_col, blank_col, r_sum, r_blank, repeat, first_label: bool, start: int, end: int,
-                  state_dtype) -> tuple[np.ndarray, np.ndarray]:
+                  state_dtype, window=None) -> tuple[np.ndarray, np.ndarray]:
     """The recursion above for N prefixes x C candidates at once.
 
     x ``[T, M]`` log-posteriors, a column per (utterance, label); label_col ``[N, C]`` int64 the
@@ -49,10 +49,16 @@ def prefix_scores(x, label_col, blank_col, r_sum, r_blank, repeat, first_label: 
     attention window). Returns r ``[T, 2, N, C]`` (state_dtype; frames outside the range LOGZERO)
     and psi ``[N, C]`` (eos and blank not yet applied). With x, r_sum and r_blank of the state's
     dtype the C++ kernel gathers its inputs itself (no [T, N, C] copies); CuPy arrays (one dtype,
-    then also the state's) give CuPy arrays, computed on their device.
+    then also the state's) give CuPy arrays, computed on their device; for those, window (a ``[2]``
+    int64 device array) may hold (start, end) in place of the host's, clamped to 1 <= start,
+    end <= T (the CTC window, computed on the device).
     """
     if is_device_array(x):
-        return _prefix_scores_device(x, label_col, blank_col, r_sum, r_blank, repeat, first_label, start, end)
+        return _prefix_scores_device(x, label_col, blank_col, r_sum, r_blank, repeat, first_label, start, end,
+                                     window)
+    if window is not None:
+        raise UnsupportedError(f"prefix_scores: window (device-held bounds) is for GPU arrays; on the CPU pass start "
+                               f"and end, got {describe(window)}")
     T, (N, C) = x.shape[0], label_col.shape
     dtype = np.dtype(state_dtype)
     if dtype in (np.float32, np.float64) and x.dtype == r_sum.dtype == r_blank.dtype == dtype:
@@ -80,17 +86,21 @@ def prefix_scores(x, label_col, blank_col, r_sum, r_blank, repeat, first_label: 
     return r, logsumexp(terms, axis=0)
 
 
-def _prefix_scores_device(x, label_col, blank_col, r_sum, r_blank, repeat, first_label: bool, start: int, end: int):
+def _prefix_scores_device(x, label_col, blank_col, r_sum, r_blank, repeat, first_label: bool, start: int, end: int,
+                          window):
     """``prefix_scores`` on GPU arrays (src/cuda/ctc_prefix.cu), on the caller's stream."""
-    call = GpuCall("ctc_prefix_scores", {"x": x, "label_col": label_col, "blank_col": blank_col, "r_sum": r_sum,
-                                         "r_blank": r_blank, "repeat": repeat})
+    arrays = {"x": x, "label_col": label_col, "blank_col": blank_col, "r_sum": r_sum, "r_blank": r_blank,
+              "repeat": repeat}
+    call = GpuCall("ctc_prefix_scores", arrays if window is None else {**arrays, "window": window})
     T, (N, C) = x.shape[0], label_col.shape
     lib = call.lib
     with call:
         r, psi = lib.empty((T, 2, N, C), x), lib.empty((N, C), x)
         args = (x, lib.as_int64(label_col), lib.as_int64(blank_col), r_sum, r_blank, repeat.astype(bool))
         _core.ctc_prefix_scores_cuda(*(call.capsule(lib.contiguous(a)) for a in args), bool(first_label), int(start),
-                                     int(end), LOGZERO, call.capsule(r), call.capsule(psi), call.stream)
+                                     int(end), LOGZERO, call.capsule(r), call.capsule(psi),
+                                     None if window is None else call.capsule(lib.contiguous(lib.as_int64(window))),
+                                     call.stream)
     return r, psi
 
 
@@ -173,7 +183,7 @@ class CTCPrefixScore:
 
 class CTCBatchState(NamedTuple):
     """``CTCPrefixScoreBatch``'s state after selection: r ``[T, 2, N]``, the selected prefix
-    scores s ``[N, 1]``, and the window's running frame bounds."""
+    scores s ``[N, 1]``, and the window's running frame bounds (ints; 0-d arrays on the GPU)."""
 
     r: np.ndarray
     s: np.ndarray
@@ -201,7 +211,8 @@ class CTCPrefixScoreBatch:
     per utterance). Computes in x's dtype, on x's device when x is a CuPy array (the recursion in
     src/cuda/ctc_prefix.cu; the labels, states and row maps passed in are then arrays of that
     device too). ``margin > 0`` restricts the frames to a window around the attention's expected
-    frames (ESPnet's ``ctc_window_margin``; CPU only: its bounds are host integers).
+    frames (ESPnet's ``ctc_window_margin``); on the GPU its bounds stay on the device, where ESPnet
+    reads them back every step.
     """
 
     def __init__(self, x, lengths, blank: int, eos: int, margin: int = 0):
@@ -213,9 +224,6 @@ class CTCPrefixScoreBatch:
                 raise UnsupportedError(f"{op}: x must be a CuPy array on the GPU, got a {call.lib.name} array")
             if x.ndim != 3 or x.dtype.kind != "f":
                 raise ValueError(f"{op}: x must be a 3-D float array [B, T, O], got {describe(x)}")
-            if margin:
-                raise UnsupportedError(f"{op}: margin (the CTC window) runs on the CPU only, got {margin} with a "
-                                       f"GPU x")
         else:
             xp = np
             x = host_float_array(op, "x", x, (3,))
@@ -277,18 +285,15 @@ class CTCPrefixScoreBatch:
         # ESPnet replaces phi by r^b for the last label even for the empty prefix (last = sos).
         repeat = cands == last[:, None]
 
+        window = None
         if att_w is not None and self.margin > 0:
-            f_arg = np.asarray(att_w) @ np.arange(T, dtype=self.dtype)
-            f_min = max(int(f_arg.min()), f_min_prev)
-            f_max = max(int(f_arg.max()), f_max_prev)
-            start = min(f_max_prev, max(f_min - self.margin, output_length, 1))
-            end = min(f_max + self.margin, T)
+            f_min, f_max, start, end, window = self._window(att_w, output_length, f_min_prev, f_max_prev)
         else:
             f_min = f_max = 0
             start, end = max(output_length, 1), T
         # x's columns are (utterance, label) pairs: the kernel gathers each lane's from them.
         r, psi_c = prefix_scores(self.x.reshape(T, -1), utt[:, None] * O + cands, utt * O + self.blank, r_sum,
-                                 r_prev[:, 1], repeat, output_length == 0, start, end, self.dtype)
+                                 r_prev[:, 1], repeat, output_length == 0, start, end, self.dtype, window)
         if slot is None:
             psi = psi_c.astype(self.dtype, copy=False)
         else:
@@ -298,6 +303,25 @@ class CTCPrefixScoreBatch:
         if self.eos != self.blank:
             psi[:, self.blank] = LOGZERO
         return psi - s_prev, CTCBatchScores(r, psi, f_min, f_max, slot)
+
+    def _window(self, att_w, output_length: int, f_min_prev, f_max_prev):
+        """ESPnet's window: the frames [start, end) around the expected frames f = att_w @ (0, 1, ...,
+        T - 1) of every row (truncated to integers), never moving back. Returns (f_min, f_max, start,
+        end, window): host ints and window None on the CPU; on the GPU f_min and f_max are 0-d device
+        arrays and window the ``[2]`` device array (start, end) that the kernel reads (start and end
+        are then placeholders), so nothing is read back."""
+        xp, T, margin = self.xp, self.input_length, self.margin
+        first = max(output_length, 1)
+        if xp is np:
+            f_arg = np.asarray(att_w) @ np.arange(T, dtype=self.dtype)
+            f_min = max(int(f_arg.min()), f_min_prev)
+            f_max = max(int(f_arg.max()), f_max_prev)
+            return f_min, f_max, min(f_max_prev, max(f_min - margin, first)), min(f_max + margin, T), None
+        f_arg = att_w @ xp.arange(T, dtype=self.dtype)
+        f_min = xp.maximum(f_arg.min().astype(np.int64), f_min_prev)
+        f_max = xp.maximum(f_arg.max().astype(np.int64), f_max_prev)
+        window = xp.stack([xp.minimum(f_max_prev, xp.maximum(f_min - margin, first)), xp.minimum(f_max + margin, T)])
+        return f_min, f_max, first, T, window
 
     def select_state(self, scores: CTCBatchScores, best_ids) -> CTCBatchState:
         """The states of the kept candidates: best_ids ``[B, W]`` indices into each utterance's

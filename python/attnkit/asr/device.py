@@ -16,7 +16,8 @@ by the CPU search's own code (``_Ended``, ``_Alignment``), so ranking, n-best an
 normalisation are the CPU's. Rows are not dropped as utterances stop (that would need the host
 to know which): ESPnet also runs them to the end, and a stopped utterance records nothing more.
 CTC prefix scores (``ctc_weight``) run on the device too (src/cuda/ctc_prefix.cu), and so does an
-``RNNLM`` for shallow fusion (``DeviceLM``). Not on the GPU yet: the CTC and attention windows.
+``RNNLM`` for shallow fusion (``DeviceLM``), and the batched search's CTC window, whose frame
+bounds stay on the device (ESPnet reads them back every step).
 
 Not yet run on a GPU (none has been lent to this project so far): tests/test_cuda_glue_decoder.py
 runs these loops on a NumPy stand-in for CuPy, through the GPU plumbing, against the CPU searches.
@@ -260,7 +261,7 @@ def _greedy(dd: DeviceDecoder, enc, lengths, maxlenratio: float, penalty: float)
 
 
 def batch_beam_search(decoder: RNNDecoder, enc, lengths, ctc_logp, lm, options, normalize: bool):
-    """``search.batch_beam_search`` on the device, without the CTC window (checked by the caller)."""
+    """``search.batch_beam_search`` on the device (trans_token checked by the caller)."""
     if lm is not None and not isinstance(lm, RNNLM):
         raise UnsupportedError(f"batch_beam_search: on the GPU lm must be an attnkit.asr.RNNLM, got {describe(lm)}")
     dd = decoder.on_device(enc)
@@ -420,7 +421,7 @@ def _device_ctc(op: str, dd: DeviceDecoder, ctc_logp, enc_shape):
 def _batch_beam(dd: DeviceDecoder, enc, lengths, ctc_logp, dlm: DeviceLM | None, options, normalize: bool):
     from attnkit.asr.ctc_prefix import LOGZERO, CTCPrefixScoreBatch
     from attnkit.asr.search import (CTC_SCORING_RATIO, END_DETECT_MARGIN, END_DETECT_STEPS, _empty_hypothesis,
-                                    _max_length)
+                                    _max_length, window_weights)
 
     op = "batch_beam_search"
     decoder, xp = dd.decoder, dd.xp
@@ -433,14 +434,17 @@ def _batch_beam(dd: DeviceDecoder, enc, lengths, ctc_logp, dlm: DeviceLM | None,
     prepared = dd.prepare(sub, lens)
     B = keep.size
     att_weight = 1.0 - options.ctc_weight
-    scorer = ctc_state = lm_state = None
+    scorer = ctc_state = lm_state = uniform = None
+    margin = options.ctc_window_margin
     if x is not None:
-        scorer = CTCPrefixScoreBatch(x[xp.asarray(keep)][:, :sub.shape[1]], lens, decoder.blank, eos)
+        scorer = CTCPrefixScoreBatch(x[xp.asarray(keep)][:, :sub.shape[1]], lens, decoder.blank, eos, margin=margin)
         scoring_num = min(int(beam * CTC_SCORING_RATIO) if att_weight > 0 else 0, V)
     max_hlen = int(lens.max())
     maxlen = _max_length(options.maxlenratio, max_hlen)
     minlen = int(options.minlenratio * max_hlen)
     rows = np.repeat(np.arange(B), beam)  # row j * beam + k -> utterance j, for the whole search
+    if scorer is not None and margin > 0:
+        uniform = decoder.attention._uniform(prepared.attention, rows)  # the coverage classes' window weights
     rows_dev = xp.asarray(rows)
     lens_dev = xp.asarray(lens)[:, None]
     base = xp.asarray(np.arange(B) * beam)[:, None]
@@ -465,7 +469,8 @@ def _batch_beam(dd: DeviceDecoder, enc, lengths, ctc_logp, dlm: DeviceLM | None,
             local = logp
             local[:, decoder.blank] = LOGZERO
             part = xp.argsort(-local, axis=1, kind="stable")[:, :scoring_num] if scoring_num > 0 else None
-            ctc_local, ctc_scores = scorer(last, i, ctc_state, part, utterances=rows_dev)
+            window = window_weights(att, uniform) if margin > 0 else None
+            ctc_local, ctc_scores = scorer(last, i, ctc_state, part, window, utterances=rows_dev)
             logp = local + options.ctc_weight * ctc_local
         local = logp.reshape(B, beam, V)
         if i == 0:

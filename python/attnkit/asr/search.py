@@ -258,12 +258,14 @@ def _padded_batch(op: str, enc: np.ndarray, lengths, trans_token):
     return sub, lengths[keep], tau, keep
 
 
-def _window_weights(out, prepared: DecoderPrepared, rows: np.ndarray) -> np.ndarray:
+def window_weights(out, uniform):
     """What ESPnet's batched search hands its CTC window: the attention state tensor, or the first
-    entry of a list / tuple state (coverage: the initial uniform U; LocRec: w; multi-head: head 0)."""
+    entry of a list / tuple state (coverage: the initial uniform U, given as ``uniform`` for the
+    step's rows; LocRec: w; multi-head: head 0). On the CPU or the GPU (AttLoc's state there is
+    its weights)."""
     state = out.state
     if isinstance(state, CoverageState):
-        return uniform_weights(prepared.lengths[rows], prepared.frames, state.total.dtype)
+        return uniform
     if isinstance(state, LocRecState):
         return state.weights
     if out.weights.ndim == 3:
@@ -456,19 +458,17 @@ def batch_beam_search(decoder: RNNDecoder, enc, lengths, *, ctc_logp=None, lm=No
     detection regardless of maxlenratio; utterances with nothing ended get [sos, eos] with -inf;
     ``normalize_score`` divides by len(yseq) (ESPnet's E2E passes ctc_weight == 0). Returns the
     ``nbest`` best hypotheses per utterance (an empty one, with a warning, for length 0). With
-    ``enc`` a CuPy array the search runs on its GPU (attnkit.asr.device), ctc_logp (a CuPy array)
-    and an RNNLM too; no CTC window there so far.
+    ``enc`` a CuPy array the search runs on its GPU (attnkit.asr.device), ctc_logp (a CuPy array),
+    the CTC window and an RNNLM too.
     """
     op = "batch_beam_search"
     decoder = _check_decoder(op, decoder)
     options = _check_options(op, options)
     lm = _check_lm(op, lm, decoder)
     if is_device_array(enc):
-        for name, given in (("ctc_window_margin > 0", options.ctc_window_margin > 0),
-                            ("trans_token", trans_token is not None)):
-            if given:
-                raise UnsupportedError(f"{op}: {name} runs on the CPU only so far, got it with a GPU enc (on the "
-                                       f"GPU: attention, CTC and LM scores)")
+        if trans_token is not None:
+            raise UnsupportedError(f"{op}: trans_token (GDCAttLoc) runs on the CPU only so far, got it with a GPU enc "
+                                   f"(on the GPU: AttAdd, AttLoc, AttCov, AttCovLoc with CTC and LM scores)")
         return device.batch_beam_search(decoder, enc, lengths, ctc_logp, lm, options, bool(normalize_score))
     enc = _encoder(op, enc, 3, decoder)
     x = _ctc_input(op, ctc_logp, options, decoder, enc.shape[:2] + (decoder.vocab_size,))
@@ -511,6 +511,9 @@ def _recognize_beam_batch(decoder: RNNDecoder, prepared: DecoderPrepared, length
     stop = np.zeros(B, bool)
     ended = [_Ended() for _ in range(B)]
     alignment, parents = _Alignment(), None
+    uniform = None  # with the window every row stays to the end (drop_stopped), so U is made once
+    if scorer is not None and o.ctc_window_margin > 0:
+        uniform = uniform_weights(prepared.lengths[rows], prepared.frames, decoder.dtype)
     for i in range(maxlen):
         n_alive = alive.shape[0]
         base = (np.arange(n_alive) * beam)[:, None]
@@ -524,7 +527,7 @@ def _recognize_beam_batch(decoder: RNNDecoder, prepared: DecoderPrepared, length
         if scorer is not None:
             local[:, scorer.blank] = LOGZERO
             part = _top_k(local, scoring_num) if scoring_num > 0 else None
-            window = _window_weights(att, prepared, rows) if o.ctc_window_margin > 0 else None
+            window = window_weights(att, uniform) if o.ctc_window_margin > 0 else None
             ctc_local, ctc_scores = scorer(last, i, ctc_state, part, window, utterances=rows)
             local = local + o.ctc_weight * ctc_local
         local = local.reshape(n_alive, beam, V)

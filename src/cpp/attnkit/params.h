@@ -152,6 +152,9 @@ struct CtcPrefixParams {
   const uint8_t* repeat = nullptr;    // [N][C] nonzero: the candidate is the prefix's last label
   bool first_label = false;           // the prefixes are empty
   int64_t start = 1, end = 0;         // 1 <= start; end <= T (an empty range when end <= start)
+  // GPU only: a [2] device array (start, end) read in place of start and end, so that the CTC
+  // window computed on the device needs no host read per step; clamped to 1 <= start, end <= T.
+  const int64_t* window = nullptr;
   double logzero = -1e10;
   void* r = nullptr;                  // [T][2][N][C]
   void* psi = nullptr;                // [N][C]

@@ -3,8 +3,10 @@
 // Private: attnkit.asr.ctc_prefix.prefix_scores calls it for CuPy arrays.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -24,7 +26,8 @@ enum class Want { floats, int64, boolean };
 
 void ctc_prefix_scores_cuda(nb::ndarray<> x_in, nb::ndarray<> label_in, nb::ndarray<> blank_in, nb::ndarray<> sum_in,
                             nb::ndarray<> rb_in, nb::ndarray<> repeat_in, bool first_label, int64_t start, int64_t end,
-                            double logzero, nb::ndarray<> r_in, nb::ndarray<> psi_in, std::uintptr_t stream) {
+                            double logzero, nb::ndarray<> r_in, nb::ndarray<> psi_in,
+                            std::optional<nb::ndarray<>> window_in, std::uintptr_t stream) {
   const DeviceArray x(x_in, kOp, "x"), label_col(label_in, kOp, "label_col"), blank_col(blank_in, kOp, "blank_col"),
       r_sum(sum_in, kOp, "r_sum"), r_blank(rb_in, kOp, "r_blank"), repeat(repeat_in, kOp, "repeat"), r(r_in, kOp, "r"),
       psi(psi_in, kOp, "psi");
@@ -66,6 +69,20 @@ void ctc_prefix_scores_cuda(nb::ndarray<> x_in, nb::ndarray<> label_in, nb::ndar
   p.repeat = static_cast<const uint8_t*>(repeat.data());
   p.first_label = first_label, p.start = start, p.end = end, p.logzero = logzero;
   p.r = r.data(), p.psi = psi.data();
+  std::optional<DeviceArray> window;
+  if (window_in) {
+    window.emplace(*window_in, kOp, "window");
+    window->require_shape({2});
+    if (!window->is_int64()) throw TypeError(std::string(kOp) + ": window must be int64, got " + window->dtype_name());
+    if (!window->c_contiguous()) throw ValueError(std::string(kOp) + ": window must be C-contiguous on the GPU");
+    if (window->device() != x.device())
+      throw ValueError(std::string(kOp) + ": window must be on x's device (cuda:" + std::to_string(x.device()) +
+                       "), got cuda:" + std::to_string(window->device()));
+    for (const DeviceArray* out : {&r, &psi})
+      if (out->may_overlap(*window))
+        throw ValueError(std::string(kOp) + ": " + out->name() + " must not share memory with window");
+    p.window = static_cast<const int64_t*>(window->data());
+  }
   nb::gil_scoped_release release;
   cuda::ctc_prefix_scores(p, cuda::Launch{x.device(), stream});
 }
@@ -75,7 +92,7 @@ void ctc_prefix_scores_cuda(nb::ndarray<> x_in, nb::ndarray<> label_in, nb::ndar
 void register_ctc_prefix_cuda(nb::module_& m) {
   m.def("ctc_prefix_scores_cuda", &ctc_prefix_scores_cuda, nb::arg("x"), nb::arg("label_col"), nb::arg("blank_col"),
         nb::arg("r_sum"), nb::arg("r_blank"), nb::arg("repeat"), nb::arg("first_label"), nb::arg("start"),
-        nb::arg("end"), nb::arg("logzero"), nb::arg("r"), nb::arg("psi"), nb::arg("stream"),
+        nb::arg("end"), nb::arg("logzero"), nb::arg("r"), nb::arg("psi"), nb::arg("window").none(), nb::arg("stream"),
         "Private: the CTC prefix-score recursion on GPU arrays (attnkit.asr.ctc_prefix).");
 }
 

@@ -8,6 +8,9 @@
 namespace attnkit {
 
 void ctc_prefix_scores_cpu(const CtcPrefixParams& p) {
+  if (p.window)
+    throw UnsupportedError("ctc_prefix_scores: window (device-held bounds) is for the GPU kernel; the CPU takes "
+                           "start and end");
   if (p.start < 1)
     throw ValueError("ctc_prefix_scores: start must be >= 1 (frame 0 only starts a first label), got " +
                      std::to_string(p.start));
