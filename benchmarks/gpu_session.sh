@@ -4,7 +4,10 @@
 #   bash benchmarks/gpu_session.sh            # build, GPU tests, memcheck, GPU benchmarks
 #   bash benchmarks/gpu_session.sh tests      # build and GPU tests only
 # The machine has nvcc, CMake, nanobind, scikit-build-core, CuPy, PyTorch and pytest, and no
-# network: attnkit is built from this checkout without build isolation, into /tmp/site.
+# network: attnkit is built from this checkout without build isolation, into /tmp/site. The
+# audio packages of the asr extra and ESPnet (the decode benchmark's PyTorch side) are not there:
+# run benchmarks/gpu_wheels.sh here first and name ".whl" in the call's carry; without them the
+# tests that need them skip and the decode benchmark is left out, with a note.
 set -uo pipefail
 OUT=${OUT:-/tmp/attnkit-gpu}
 mkdir -p "$OUT"
@@ -18,6 +21,11 @@ echo "== build"
 python3 -m pip install -q --no-build-isolation --no-deps --target /tmp/site . > "$OUT/build.log" 2>&1 \
   || { tail -40 "$OUT/build.log"; exit 1; }
 export PYTHONPATH=/tmp/site
+if compgen -G ".whl/*.whl" > /dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-extra \
+    .whl/*.whl >> "$OUT/build.log" 2>&1 && export PYTHONPATH=/tmp/site:/tmp/site-extra \
+    || echo "carried wheels did not install (build.log)"
+fi
 python3 -m attnkit info | tee -a "$OUT/machine.txt"
 
 echo "== GPU tests, then the CPU SDPA tests as a control"
@@ -35,7 +43,8 @@ done
 
 echo "== GPU benchmark"
 python3 -m attnkit bench --ops sdpa --backends attnkit-cuda,cupy,torch-cuda --dtype float32,float16 \
-  --baseline torch-cuda --no-progress --json "$OUT/gpu-sdpa.json" --markdown "$OUT/gpu-sdpa.md" > "$OUT/bench.log" 2>&1
+  --baseline torch-cuda --no-progress --json "$OUT/gpu-sdpa.json" --markdown "$OUT/gpu-sdpa.md" \
+  --plot "$OUT/gpu-plots" > "$OUT/bench.log" 2>&1
 echo "bench exit $?"
 tail -45 "$OUT/gpu-sdpa.md" 2>/dev/null || tail -30 "$OUT/bench.log"
 python3 -m attnkit bench --ops espnet-step --backends attnkit-cuda,torch-cuda --case AttLoc --case AttAdd \
@@ -43,7 +52,16 @@ python3 -m attnkit bench --ops espnet-step --backends attnkit-cuda,torch-cuda --
   > "$OUT/bench-espnet.log" 2>&1
 echo "espnet bench exit $?"
 tail -20 "$OUT/gpu-espnet-step.md" 2>/dev/null || tail -30 "$OUT/bench-espnet.log"
-# End to end (needs the asr extra's soundfile and kaldi-native-fbank; ESPnet for the PyTorch side).
-python3 benchmarks/bench_decode.py --device cuda --out "$OUT/gpu-decode" > "$OUT/bench-decode.log" 2>&1
-echo "decode bench exit $?"
-cat "$OUT/gpu-decode.md" 2>/dev/null || tail -20 "$OUT/bench-decode.log"
+# End to end (needs the asr extra's soundfile, soxr and kaldi-native-fbank; ESPnet for the PyTorch
+# side): the carried wheels.
+if python3 -c "import soundfile, soxr, kaldi_native_fbank" 2> /dev/null; then
+  python3 benchmarks/bench_decode.py --device cuda --out "$OUT/gpu-decode" > "$OUT/bench-decode.log" 2>&1
+  echo "decode bench exit $?"
+  cat "$OUT/gpu-decode.md" 2>/dev/null || tail -20 "$OUT/bench-decode.log"
+  python3 benchmarks/bench_decode.py --device cuda --ctc-weight 0.3 --out "$OUT/gpu-decode-ctc" \
+    > "$OUT/bench-decode-ctc.log" 2>&1
+  echo "decode bench (ctc 0.3) exit $?"
+  cat "$OUT/gpu-decode-ctc.md" 2>/dev/null || tail -20 "$OUT/bench-decode-ctc.log"
+else
+  echo "decode bench left out: soundfile, soxr or kaldi-native-fbank missing (run benchmarks/gpu_wheels.sh, carry .whl)"
+fi
