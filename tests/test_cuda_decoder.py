@@ -141,7 +141,8 @@ def test_encode_and_ctc_on_the_gpu_equal_the_cpu(case):
 def test_the_recogniser_on_the_gpu_transcribes_the_bundled_samples():
     from attnkit.asr import bundled_samples
 
-    pytest.importorskip("soundfile")
+    for name in ("soundfile", "soxr", "kaldi_native_fbank"):  # the asr extra's audio packages
+        pytest.importorskip(name)
     gpu = Recognizer(device="cuda")
     cpu = Recognizer(gpu.model)
     for path in bundled_samples():
