@@ -237,9 +237,7 @@ template <typename T> void launch(const AdditiveStepParams& p, cudaStream_t stre
   const dim3 energy_grid(unsigned((p.T + kTileFrames - 1) / kTileFrames), unsigned(p.N));
   const size_t feat_bytes = sizeof(T) * size_t(kTileFrames * p.C);
   auto energies = energies_kernel<T>;
-  if (feat_bytes > 48 * 1024)
-    check(cudaFuncSetAttribute(energies, cudaFuncAttributeMaxDynamicSharedMemorySize, int(feat_bytes)),
-          "additive attention step: cudaFuncSetAttribute");
+  allow_dynamic_shared(energies, feat_bytes, "additive attention step");
   energies<<<energy_grid, kEnergyWarps * 32, feat_bytes, stream>>>(p);
   check(cudaGetLastError(), "additive attention step: energies kernel launch");
   const int64_t column_tiles = p.Ev > 0 ? (p.Ev + kContextThreads - 1) / kContextThreads : 1;

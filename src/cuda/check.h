@@ -19,6 +19,23 @@ inline void check(cudaError_t err, const char* what) {
 // cudaGetLastError after it reports that launch and not an error already raised as a CudaError.
 inline void clear_stale_error() { (void)cudaGetLastError(); }
 
+// Lets `kernel` take `bytes` of dynamic shared memory (launches above 48 KiB need the opt-in).
+// The attribute is set to the current device's whole opt-in limit, the same value on every call:
+// set to each call's own size, two host threads launching the kernel with different sizes could
+// each undo the other's setting between its set and its launch (the bindings release the GIL).
+template <typename Kernel> void allow_dynamic_shared(Kernel kernel, size_t bytes, const char* op) {
+  if (bytes <= 48 * 1024) return;
+  int device = 0, limit = 0;
+  check(cudaGetDevice(&device), (std::string(op) + ": cudaGetDevice").c_str());
+  check(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+        (std::string(op) + ": cudaDeviceGetAttribute").c_str());
+  if (bytes > size_t(limit))
+    throw UnsupportedError(std::string(op) + ": needs " + std::to_string(bytes) + " bytes of shared memory per block, " +
+                           "more than this GPU's " + std::to_string(limit));
+  check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit),
+        (std::string(op) + ": cudaFuncSetAttribute").c_str());
+}
+
 class DeviceGuard {
  public:
   DeviceGuard(int device, const char* op) : target_(device) {

@@ -178,11 +178,14 @@ __global__ void __launch_bounds__(kWarps * 32) sdpa_kernel(const SdpaParams p, c
       const float new_max = fmaxf(row_max[r], warp_max(s[r]));
       const float base = new_max == -INFINITY ? 0.f : new_max;  // all masked so far: nothing to rescale
       const float rescale = exp2f(row_max[r] - base);
+      // No key seen yet: the accumulator restarts from zero (0 x the inf or NaN that a value row
+      // masked for this row but seen by others may have left would stay NaN), as on the CPU.
+      const bool fresh = row_max[r] == -INFINITY;
       prob[r] = exp2f(s[r] - base);
       lane_sum[r] = fmaf(lane_sum[r], rescale, prob[r]);
       row_max[r] = new_max;
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) acc[r][c] *= rescale;
+      for (int c = 0; c < kCols; ++c) acc[r][c] = fresh ? 0.f : acc[r][c] * rescale;
     }
     const int keys = int(min64(kTileKeys, key_end - j0));
     for (int jj = 0; jj < keys; ++jj) {
@@ -250,9 +253,7 @@ template <typename T, int kCols> void launch_with(const SdpaParams& p, cudaStrea
   const int Dp = int((p.D + 3) / 4 * 4);
   const size_t shared = sizeof(float) * size_t(kBlockRows * Dp + Dp * kKeyPitch + kTileKeys * p.Dv);
   auto kernel = sdpa_kernel<T, kCols>;
-  if (shared > 48 * 1024)
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)),
-          "scaled_dot_product_attention: cudaFuncSetAttribute");
+  allow_dynamic_shared(kernel, shared, "scaled_dot_product_attention");
   const dim3 grid(unsigned(p.B * p.H), unsigned((p.Tq + kBlockRows - 1) / kBlockRows));
   clear_stale_error();
   kernel<<<grid, kWarps * 32, shared, stream>>>(p, Dp);
