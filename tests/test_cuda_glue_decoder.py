@@ -182,6 +182,18 @@ def test_a_real_launch_without_a_gpu_fails_typed(lib):
         greedy_search(toy_decoder("AttLoc", np.float32), on(enc), lengths)
 
 
+def test_the_ctc_binding_checks_the_window_before_the_launch(lib):
+    from attnkit.asr.ctc_prefix import prefix_scores
+    from test_ctc_prefix import recursion_inputs
+
+    args = [on(a) for a in recursion_inputs(np.random.default_rng(0), 6, 2, 3, M=5)]
+    with pytest.raises(ValueError, match="window"):
+        prefix_scores(*args, True, 1, 6, np.float64, window=on(np.array([1, 6, 2])))
+    for window in (np.array([1, 6]), np.array([1, 6], np.int32)):  # valid (int32 is converted): the launch fails
+        with pytest.raises((attnkit.CudaError, attnkit.UnsupportedError)):
+            prefix_scores(*args, True, 1, 6, np.float64, window=on(window))
+
+
 def test_end_detection_stops_the_device_search_at_the_cpu_step(kernel_on_cpu, monkeypatch):
     enc, _ = inputs([40], np.float64, seed=3)
     decoder = toy_decoder("AttLoc", np.float64, eos_bias=1.0)
