@@ -24,7 +24,7 @@ from attnkit._core import UnsupportedError
 from attnkit.asr import device
 from attnkit.asr.ctc_prefix import LOGZERO, CTCPrefixScore, CTCPrefixScoreBatch
 from attnkit.asr.decoder import DecoderPrepared, RNNDecoder
-from attnkit.espnet._base import CoverageState, LocRecState, uniform_weights
+from attnkit.espnet._base import CoverageState, LocRecState
 
 #: ESPnet's CTC pre-selection width factor (``CTC_SCORING_RATIO``): floor(1.5 * beam) candidates.
 CTC_SCORING_RATIO = 1.5
@@ -513,7 +513,7 @@ def _recognize_beam_batch(decoder: RNNDecoder, prepared: DecoderPrepared, length
     alignment, parents = _Alignment(), None
     uniform = None  # with the window every row stays to the end (drop_stopped), so U is made once
     if scorer is not None and o.ctc_window_margin > 0:
-        uniform = uniform_weights(prepared.lengths[rows], prepared.frames, decoder.dtype)
+        uniform = decoder.attention._uniform(prepared.attention, rows)  # the coverage classes' window weights
     for i in range(maxlen):
         n_alive = alive.shape[0]
         base = (np.arange(n_alive) * beam)[:, None]
