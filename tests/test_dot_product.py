@@ -10,8 +10,8 @@ sdpa = attnkit.scaled_dot_product_attention
 
 HEAD_DIMS = [1, 7, 8, 15, 16, 33, 64, 80, 128]
 KEY_LENGTHS = [1, 2, 17, 129, 1025]
-# Query counts that hit the decode path (1, 2), a partial register tile (5), and one and several
-# query blocks of the tiled path (49, 97).
+# Query counts that hit the few-rows path (1, 2, 5) and one and several query blocks of the tiled
+# path (49, 97).
 QUERY_LENGTHS = [1, 2, 5, 49, 97]
 
 
@@ -34,6 +34,22 @@ def test_matches_reference(isa, rng, dtype, D, Tk):
         assert out.dtype == dtype and out.shape == (B, H, Tq, Dv) and w.shape == (B, H, Tq, Tk)
         assert_close(out, ref, dtype, f"out isa={isa} kl={kl is not None}")
         assert_close(w, ref_w, dtype, f"weights isa={isa}")
+
+
+@pytest.mark.parametrize("Tq", range(1, 11))
+def test_few_query_rows_match_reference(isa, rng, Tq):
+    """Every query count of the few-rows path (keys read in place; up to 9 rows: row pairs and an odd
+    row in the scores, tiles of 1-6 rows in the context) and the first tiled one, against key counts
+    around its 8-key (16 on AVX-512) score tiles and 64-key context blocks, head sizes with partial
+    vectors, key lengths and causality (Tq > Tk included)."""
+    for Tk, D, Dv in [(1, 5, 3), (7, 8, 8), (9, 17, 12), (16, 64, 64), (17, 33, 70), (65, 24, 9), (130, 80, 130)]:
+        for dtype in (np.float32, np.float64):
+            q, k, v = make(rng, (2, 2, Tq, D), dtype), make(rng, (2, 2, Tk, D), dtype), make(rng, (2, 2, Tk, Dv), dtype)
+            for kw in ({}, {"key_lengths": [max(1, Tk - 3), Tk]}, {"causal": True}):
+                out, w = sdpa(q, k, v, return_weights=True, **kw)
+                ref, ref_w = ref_sdpa(q, k, v, **kw)
+                assert_close(out, ref, dtype, f"out Tq={Tq} Tk={Tk} D={D} Dv={Dv} {kw}")
+                assert_close(w, ref_w, dtype, f"weights Tq={Tq} Tk={Tk} {kw}")
 
 
 @pytest.mark.parametrize("Tq,Tk", [(1, 1), (1, 300), (2, 40), (7, 7), (60, 60), (20, 150), (130, 70), (49, 1)])
@@ -145,6 +161,23 @@ def test_decode_split_over_keys_matches(rng):
             again = sdpa(q, k, v, key_lengths=[4321])
             assert np.array_equal(out, again), "not bitwise reproducible at a fixed thread count"
             results[threads] = out
+    finally:
+        attnkit.set_num_threads(before)
+
+
+def test_few_rows_split_over_keys_matches(rng):
+    """Several query rows of one head over many keys: the key ranges go to different tasks, and each
+    row's partial results merge to the reference, causal rows with different limits included."""
+    q, k, v = make(rng, (1, 1, 6, 40), np.float32), make(rng, (1, 1, 3000, 40), np.float32), make(rng, (1, 1, 3000, 23), np.float32)
+    before = attnkit.get_num_threads()
+    try:
+        for threads in (1, 2, 5):
+            attnkit.set_num_threads(threads)
+            for kw in ({"key_lengths": [2711]}, {"causal": True}, {"mask": rng.random((6, 3000)) > 0.5}):
+                out, w = sdpa(q, k, v, return_weights=True, **kw)
+                ref, ref_w = ref_sdpa(q, k, v, **kw)
+                assert_close(out, ref, np.float32, f"threads={threads} {kw}")
+                assert_close(w, ref_w, np.float32, f"weights threads={threads}")
     finally:
         attnkit.set_num_threads(before)
 

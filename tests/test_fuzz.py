@@ -119,7 +119,7 @@ def contiguous(x):
 
 @st.composite
 def sdpa_cases(draw):
-    """Valid calls: decode (Tq <= 2) and tiled shapes, block edges, every option."""
+    """Valid calls: few-rows (Tq <= 9) and tiled shapes, block edges, every option."""
     three_d = draw(st.booleans())
     B, H = draw(st.integers(1, 3)), 1 if three_d else draw(st.integers(1, 3))
     Tq = draw(st.sampled_from([1, 2, 3, 5, 17, 48, 49, 70]))

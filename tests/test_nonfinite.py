@@ -10,7 +10,7 @@
   row, head and batch entry is bitwise what it is without the NaN. +inf scores are NaN rows,
   -inf scores are masked keys.
 
-Paths: decode (Tq <= 2), decode with the keys split across tasks (Tk >= 512, few rows) and tiled.
+Paths: few rows (Tq <= 9), few rows with the keys split across tasks (Tk >= 512, few heads) and tiled.
 """
 import numpy as np
 import pytest
@@ -20,8 +20,8 @@ from attnkit import espnet as ek
 
 sdpa = attnkit.scaled_dot_product_attention
 
-# (B, H, Tq, Tk): tiled with two key blocks, decode, split decode
-SHAPES = [(2, 2, 60, 300), (2, 2, 1, 40), (1, 1, 2, 1100)]
+# (B, H, Tq, Tk): tiled with two key blocks, few rows, few rows split over the keys
+SHAPES = [(2, 2, 60, 300), (2, 2, 1, 40), (2, 2, 7, 90), (1, 1, 2, 1100), (1, 1, 5, 1100)]
 D, DV = 17, 9
 
 

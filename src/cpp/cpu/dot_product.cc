@@ -10,9 +10,13 @@
 //     mask; m' = max(m, rowmax S); P = exp2(S - m'); l = l*2^(m-m') + rowsum P; O *= 2^(m-m')
 //     O += P Vp                          register tiles again, P and Vp from L1/L2
 //   O /= l (rows whose keys are all masked get 0).
-// Decode path (Tq <= 2): per query row, scores against each key read once from K, a softmax over
-// the row, then one pass over V; when B*H*Tq rows cannot fill the threads, the keys are split
-// across tasks and the partial (max, sum, context) merged afterwards.
+// Few-rows path (Tq <= kFewRows), one task per (b, h) and key range, K and V read in place:
+//   S = Qs K^T                           register tiles of 1-2 rows x 4-16 keys, lanes over d,
+//                                        each W sums reduced by sum_each
+//   per row: mask; m = max S; P = exp2(S - m); l = rowsum P
+//   O = P V                              register tiles of 1-6 rows x 1-8 vectors of V
+// When B*H cannot fill the threads, the keys are split across tasks and the partial (max, sum,
+// context) merged afterwards.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -32,6 +36,12 @@ namespace {
 constexpr int64_t kBlockQ = 48;   // a multiple of every kTileRows (6, 12)
 constexpr int64_t kBlockK = 256;  // S tile of 48x256 floats = 48 KiB, in L2; 128 and 96x128 measured 1-5% slower
 constexpr double kLog2e = 1.4426950408889634;
+// Query rows per head up to which the few-rows path (keys read in place) beats packing K for the
+// tiled path (B=1 H=4 Tk=1000 D=64, 1 thread: Tq=3 74 vs 125 us, Tq=9 176 vs 208, Tq=10 213-224
+// vs 194-214; benchmarks/NOTES.md, SDPA 7), and the most scores it holds per task (Tq x Tk: 16
+// MiB of float32).
+constexpr int64_t kFewRows = 9;
+constexpr int64_t kFewRowsScores = int64_t(1) << 22;
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
@@ -347,108 +357,241 @@ struct SdpaKernel {
     });
   }
 
-  // ---------------------------------------------------------------- decode path
+  // ---------------------------------------------------------------- few-rows path
 
   struct Partial {
     T m, l;
   };
 
-  // Keys [j0, j1) of row (b,h,i): raw base-2 scores into s, then P in place, context into acc.
-  Partial decode_chunk(int64_t b, int64_t h, int64_t i, int64_t j0, int64_t j1, T* qs, T* s, T* acc) const {
-    const int64_t D = p.D, Dv = p.Dv;
-    const T* qrow = q + b * p.q_stride[0] + h * p.q_stride[1] + i * p.q_stride[2];
-    for (int64_t d = 0; d < D; ++d) qs[d] = qrow[d] * qscale;
-    const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1];
-    const int64_t n = j1 - j0;
-    const int64_t dfull = D / W * W;
-    const int dtail = int(D - dfull);
-    int64_t j = 0;
-    // Four keys at a time: four independent FMA chains instead of one latency-bound chain.
-    for (; j + 4 <= n; j += 4) {
-      const T* k0 = kb + (j0 + j) * p.k_stride[2];
-      const T* k1 = k0 + p.k_stride[2];
-      const T* k2 = k1 + p.k_stride[2];
-      const T* k3 = k2 + p.k_stride[2];
-      V a0 = {}, a1 = {}, a2 = {}, a3 = {};
-      for (int64_t d = 0; d < dfull; d += W) {
-        const V qv = load(qs + d);
-        a0 += qv * load(k0 + d);
-        a1 += qv * load(k1 + d);
-        a2 += qv * load(k2 + d);
-        a3 += qv * load(k3 + d);
-      }
-      if (dtail) {
-        const V qv = load_partial(qs + dfull, dtail);
-        a0 += qv * load_partial(k0 + dfull, dtail);
-        a1 += qv * load_partial(k1 + dfull, dtail);
-        a2 += qv * load_partial(k2 + dfull, dtail);
-        a3 += qv * load_partial(k3 + dfull, dtail);
-      }
-      s[j] = hsum<T>(a0);
-      s[j + 1] = hsum<T>(a1);
-      s[j + 2] = hsum<T>(a2);
-      s[j + 3] = hsum<T>(a3);
-    }
-    for (; j < n; ++j) {
-      const T* kr = kb + (j0 + j) * p.k_stride[2];
-      V a = {};
-      for (int64_t d = 0; d < dfull; d += W) a += load(qs + d) * load(kr + d);
-      if (dtail) a += load_partial(qs + dfull, dtail) * load_partial(kr + dfull, dtail);
-      s[j] = hsum<T>(a);
-    }
-    if (p.mask_kind != MaskKind::none) apply_mask(s, b, h, i, j0, n);
-    if (w) std::copy(s, s + n, w + b * p.w_stride[0] + h * p.w_stride[1] + i * p.w_stride[2] + j0);
+  // Keys per score tile: the tile's sums fill whole vectors (and 8 accumulator chains at least).
+  static constexpr int NA = W > 8 ? W : 8;
 
-    T m = -std::numeric_limits<T>::infinity();
-    for (int64_t t = 0; t < n; ++t) m = max_or_nan(m, s[t]);
-    std::fill(acc, acc + Dv, T(0));
-    if (m == -std::numeric_limits<T>::infinity()) return {m, T(0)};
+  // Scores of R query rows x KJ keys, keys read in place: lanes over d, then one sum_each per W
+  // of the R * KJ sums. qs rows are zero past D, so only the keys' last vector is loaded partially.
+  template <int R, int KJ>
+  static void qk_rows_tile(const T* __restrict qs, int64_t ldq, const T* __restrict kr, int64_t ldk, int64_t D,
+                           T* __restrict s, int64_t lds) {
+    static_assert((R * KJ) % W == 0, "the tile's sums fill whole vectors");
+    const int64_t dfull = D / W * W;
+    V acc[R * KJ];
+#pragma GCC unroll 32
+    for (int a = 0; a < R * KJ; ++a) acc[a] = V{};
+    for (int64_t d = 0; d < dfull; d += W) {
+      V qv[R];  // the rows' vectors first, so that each key vector is loaded once
+#pragma GCC unroll 2
+      for (int r = 0; r < R; ++r) qv[r] = load(qs + r * ldq + d);
+#pragma GCC unroll 16
+      for (int j = 0; j < KJ; ++j) {
+        const V kv = load(kr + j * ldk + d);
+#pragma GCC unroll 2
+        for (int r = 0; r < R; ++r) acc[r * KJ + j] += qv[r] * kv;
+      }
+    }
+    if (dfull < D) {
+#pragma GCC unroll 16
+      for (int j = 0; j < KJ; ++j) {
+        const V kv = load_partial(kr + j * ldk + dfull, int(D - dfull));
+#pragma GCC unroll 2
+        for (int r = 0; r < R; ++r) acc[r * KJ + j] += load(qs + r * ldq + dfull) * kv;
+      }
+    }
+    constexpr int run = KJ < W ? KJ : W;  // lanes of one row and consecutive keys
+#pragma GCC unroll 4
+    for (int g = 0; g < R * KJ / W; ++g) {
+      T sums[W];
+      store(sums, sum_each<T>(acc + g * W));
+#pragma GCC unroll 16
+      for (int i = 0; i < W; i += run) {
+        const int a = g * W + i;
+        std::memcpy(s + (a / KJ) * lds + a % KJ, sums + i, sizeof(T) * run);
+      }
+    }
+  }
+
+  // acc[g][c] += sum_j P[g][j] V[j][c] for G rows and NCV vectors of columns; with kTail the last
+  // vector holds the `tail` columns left (loaded partially; acc rows are padded).
+  template <int G, int NCV, bool kTail>
+  static void pv_rows_tile(const T* __restrict pm, int64_t lds, const T* __restrict vr, int64_t ldv, int64_t n,
+                           T* __restrict acc, int64_t lda, int tail) {
+    V a[G][NCV];
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g)
+#pragma GCC unroll 8
+      for (int c = 0; c < NCV; ++c) a[g][c] = load(acc + g * lda + c * W);
+    for (int64_t j = 0; j < n; ++j) {
+      V vv[NCV];
+#pragma GCC unroll 8
+      for (int c = 0; c < NCV; ++c)
+        vv[c] = kTail && c == NCV - 1 ? load_partial(vr + j * ldv + c * W, tail) : load(vr + j * ldv + c * W);
+#pragma GCC unroll 8
+      for (int g = 0; g < G; ++g) {
+        const V pb = splat<T>(pm[g * lds + j]);
+#pragma GCC unroll 8
+        for (int c = 0; c < NCV; ++c) a[g][c] += pb * vv[c];
+      }
+    }
+#pragma GCC unroll 8
+    for (int g = 0; g < G; ++g)
+#pragma GCC unroll 8
+      for (int c = 0; c < NCV; ++c) store(acc + g * lda + c * W, a[g][c]);
+  }
+
+  template <int G, int NCV>
+  void pv_rows_pass(const T* pm, int64_t lds, const T* vr, int64_t n, T* acc, int64_t c) const {
+    const int tail = int(p.Dv % W);
+    const bool last = c + NCV == (p.Dv + W - 1) / W;
+    if (tail && last)
+      pv_rows_tile<G, NCV, true>(pm, lds, vr + c * W, p.v_stride[2], n, acc + c * W, Dv_pad, tail);
+    else
+      pv_rows_tile<G, NCV, false>(pm, lds, vr + c * W, p.v_stride[2], n, acc + c * W, Dv_pad, tail);
+  }
+
+  // The context of G rows over n keys, in column passes of at most 8 / G vectors (>= 2): about 8
+  // accumulator chains, the V vectors of a key loaded once per pass.
+  template <int G>
+  void pv_rows(const T* pm, int64_t lds, const T* vr, int64_t n, T* acc) const {
+    constexpr int kMaxVecs = G == 1 ? 8 : G == 2 ? 4 : 2;
+    const int64_t nvec = (p.Dv + W - 1) / W;
+    int64_t c = 0;
+    for (; kMaxVecs >= 8 && c + 8 <= nvec; c += 8) pv_rows_pass<G, 8>(pm, lds, vr, n, acc, c);
+    for (; kMaxVecs >= 4 && c + 4 <= nvec; c += 4) pv_rows_pass<G, 4>(pm, lds, vr, n, acc, c);
+    for (; c + 2 <= nvec; c += 2) pv_rows_pass<G, 2>(pm, lds, vr, n, acc, c);
+    for (; c < nvec; ++c) pv_rows_pass<G, 1>(pm, lds, vr, n, acc, c);
+  }
+
+  // The scores of a row as probabilities in place, P = 2^(s - m), returning (m, l = sum P): a NaN
+  // score makes m, every P and l NaN; a row with nothing visible gets m = -inf, P = 0, l = 0.
+  static Partial softmax_in_place(T* s, int64_t n) {
+    constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+    V mx = splat<T>(kNegInf);
+    VecI<T> nan = {};
+    int64_t j = 0;
+    for (; j + W <= n; j += W) {
+      const V x = load(s + j);
+      mx = vmax<T>(mx, x);
+      nan |= x != x;
+    }
+    T m = hmax<T>(mx);
+    for (int i = 0; i < W; ++i)
+      if (nan[i]) m = std::numeric_limits<T>::quiet_NaN();
+    for (; j < n; ++j) m = max_or_nan(m, s[j]);
+    if (m == kNegInf) {
+      std::fill(s, s + n, T(0));
+      return {m, T(0)};
+    }
     const V mv = splat<T>(m);
     V sum = {};
-    int64_t t = 0;
-    for (; t + W <= n; t += W) {
-      const V e = exp2v<T>(load(s + t) - mv);
-      store(s + t, e);
+    for (j = 0; j + W <= n; j += W) {
+      const V e = exp2v<T>(load(s + j) - mv);
+      store(s + j, e);
       sum += e;
     }
     T l = hsum<T>(sum);
-    for (; t < n; ++t) {
-      s[t] = exp2v<T>(splat<T>(s[t] - m))[0];
-      l += s[t];
-    }
-    // acc = sum_j P[j] V[j]; keys with P = 0 (masked) are skipped so padding garbage never enters.
-    const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1];
-    const int64_t efull = Dv / W * W;
-    const int etail = int(Dv - efull);
-    for (int64_t jj = 0; jj < n; ++jj) {
-      const T pj = s[jj];
-      if (pj == T(0)) continue;
-      const T* vr = vb + (j0 + jj) * p.v_stride[2];
-      const V pv = splat<T>(pj);
-      for (int64_t e = 0; e < efull; e += W) store(acc + e, load(acc + e) + pv * load(vr + e));
-      if (etail) store_partial(acc + efull, load_partial(acc + efull, etail) + pv * load_partial(vr + efull, etail), etail);
+    for (; j < n; ++j) {
+      s[j] = exp2v<T>(splat<T>(s[j] - m))[0];
+      l += s[j];
     }
     return {m, l};
   }
 
-  void run_decode() {
-    const int64_t rows = p.B * p.H * p.Tq;
-    // Split the keys when the rows alone cannot keep every thread busy; at least 256 keys a
-    // chunk so that merging stays negligible. Depends only on the shape and thread count.
+  struct RowsScratch {
+    T* qs;   // [Tq][round_up(D, W)], scaled, zero past D
+    T* s;    // [Tq][lds]
+    T* acc;  // [Tq][Dv_pad]
+    int64_t lds;
+  };
+
+  // Keys [j0, j1) for every query row of head (b,h): base-2 scores of row i into s[i] (raw ones
+  // also into the weights), keys past the row's limit at -inf, then P in place (its (m, l) into
+  // out[i]) and the unnormalised context in acc[i]. Keys are read in place, never packed.
+  void rows_chunk(const RowsScratch& sc, int64_t b, int64_t h, int64_t j0, int64_t j1, Partial* out) const {
+    const int64_t Tq = p.Tq, D = p.D, Dq = round_up(D, W), n = j1 - j0, lds = sc.lds;
+    const T* qb = q + b * p.q_stride[0] + h * p.q_stride[1];
+    for (int64_t i = 0; i < Tq; ++i) {
+      T* dst = sc.qs + i * Dq;
+      const T* src = qb + i * p.q_stride[2];
+      for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * qscale;
+      std::fill(dst + D, dst + Dq, T(0));
+    }
+    // Scores: NA keys at a time, every row pair (and an odd last row) on them while they are in L1.
+    const int64_t ldk = p.k_stride[2];
+    const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1] + j0 * ldk;
+    int64_t j = 0;
+    for (; j + NA <= n; j += NA) {
+      const T* kr = kb + j * ldk;
+      int64_t i = 0;
+      for (; i + 2 <= Tq; i += 2) {
+        qk_rows_tile<2, NA / 2>(sc.qs + i * Dq, Dq, kr, ldk, D, sc.s + i * lds + j, lds);
+        qk_rows_tile<2, NA / 2>(sc.qs + i * Dq, Dq, kr + NA / 2 * ldk, ldk, D, sc.s + i * lds + j + NA / 2, lds);
+      }
+      if (i < Tq) qk_rows_tile<1, NA>(sc.qs + i * Dq, Dq, kr, ldk, D, sc.s + i * lds + j, lds);
+    }
+    for (; j < n; ++j) {
+      const T* kr = kb + j * ldk;
+      for (int64_t i = 0; i < Tq; ++i) {
+        V a = {};
+        for (int64_t d = 0; d < Dq; d += W)
+          a += load(sc.qs + i * Dq + d) * (d + W <= D ? load(kr + d) : load_partial(kr + d, int(D - d)));
+        sc.s[i * lds + j] = hsum<T>(a);
+      }
+    }
+    T* wb = w ? w + b * p.w_stride[0] + h * p.w_stride[1] : nullptr;
+    for (int64_t i = 0; i < Tq; ++i) {
+      T* srow = sc.s + i * lds;
+      const int64_t lim = std::clamp<int64_t>(key_limit(b, i) - j0, 0, n);
+      std::fill(srow + lim, srow + n, -std::numeric_limits<T>::infinity());
+      if (p.mask_kind != MaskKind::none && lim > 0) apply_mask(srow, b, h, i, j0, lim);
+      if (wb) std::copy(srow, srow + lim, wb + i * p.w_stride[2] + j0);
+      out[i] = softmax_in_place(srow, n);
+    }
+    // Context: rows in balanced tiles of at most 6, keys in blocks of 64 whose V rows stay in L1
+    // across the tiles and column passes.
+    std::fill(sc.acc, sc.acc + Tq * Dv_pad, T(0));
+    const T* vb = v + b * p.v_stride[0] + h * p.v_stride[1] + j0 * p.v_stride[2];
+    constexpr int64_t kMaxTileRows = 6, kKeyBlock = 64;
+    const int64_t tiles = (Tq + kMaxTileRows - 1) / kMaxTileRows;
+    for (int64_t jb = 0; jb < n; jb += kKeyBlock) {
+      const int64_t nb = std::min(kKeyBlock, n - jb);
+      const T* vr = vb + jb * p.v_stride[2];
+      for (int64_t t = 0, i0 = 0; t < tiles; ++t) {
+        const int64_t g = (Tq - i0 + (tiles - t) - 1) / (tiles - t);
+        const T* pm = sc.s + i0 * lds + jb;
+        T* ar = sc.acc + i0 * Dv_pad;
+        switch (g) {
+          case 1: pv_rows<1>(pm, lds, vr, nb, ar); break;
+          case 2: pv_rows<2>(pm, lds, vr, nb, ar); break;
+          case 3: pv_rows<3>(pm, lds, vr, nb, ar); break;
+          case 4: pv_rows<4>(pm, lds, vr, nb, ar); break;
+          case 5: pv_rows<5>(pm, lds, vr, nb, ar); break;
+          default: pv_rows<6>(pm, lds, vr, nb, ar); break;
+        }
+        i0 += g;
+      }
+    }
+  }
+
+  // One task per (b,h) and key range. The keys are split when the heads alone cannot keep every
+  // thread busy (at least 256 keys a range, so that merging stays negligible); the split depends
+  // only on the shape and the thread count.
+  void run_rows() {
+    const int64_t Tq = p.Tq, heads = p.B * p.H;
     const int64_t threads = num_threads();
     int64_t splits = 1;
-    if (rows < 2 * threads) splits = std::clamp<int64_t>((2 * threads + rows - 1) / rows, 1, std::max<int64_t>(1, p.Tk / 256));
+    if (heads < 2 * threads)
+      splits = std::clamp<int64_t>((2 * threads + heads - 1) / heads, 1, std::max<int64_t>(1, p.Tk / 256));
     const int64_t chunk = (p.Tk + splits - 1) / splits;
-    const int64_t tasks = rows * splits;
+    const int64_t tasks = heads * splits;
+    const int64_t lds = round_up(std::max<int64_t>(chunk, 1), W);
     ScratchLayout lay;
-    const std::size_t off_q = lay.add<T>(p.D), off_s = lay.add<T>(chunk), off_acc = lay.add<T>(round_up(p.Dv, W));
+    const std::size_t off_q = lay.add<T>(Tq * round_up(p.D, W)), off_s = lay.add<T>(Tq * lds),
+                      off_acc = lay.add<T>(Tq * Dv_pad), off_part = lay.add<Partial>(Tq);
     const std::size_t bytes = lay.bytes();
-    // Partial results of the split tasks: (m, l) and the unnormalised context per task.
+    // The split tasks' (m, l) and unnormalised contexts, per task and row.
     std::unique_ptr<Partial[]> partial;
     std::unique_ptr<T[]> partial_acc;
     if (splits > 1) {
-      partial = allocate_array<Partial>(tasks);
-      partial_acc = allocate_array<T>(checked_mul(tasks, p.Dv));
+      partial = allocate_array<Partial>(checked_mul(tasks, Tq));
+      partial_acc = allocate_array<T>(checked_mul(checked_mul(tasks, Tq), p.Dv));
     }
     parallel_for(tasks, [&](int64_t, int64_t begin, int64_t end) {
       void* base = thread_scratch(bytes);
@@ -456,54 +599,65 @@ struct SdpaKernel {
         out_of_memory.store(true);
         return;
       }
-      T* qs = at<T>(base, off_q);
-      T* s = at<T>(base, off_s);
-      T* acc = at<T>(base, off_acc);
+      const RowsScratch sc{at<T>(base, off_q), at<T>(base, off_s), at<T>(base, off_acc), lds};
+      Partial* parts = at<Partial>(base, off_part);
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t row = t / splits, part = t % splits;
-        const int64_t i = row % p.Tq, bh = row / p.Tq, b = bh / p.H, h = bh % p.H;
-        const int64_t lim = key_limit(b, i);
-        const int64_t j0 = std::min(part * chunk, lim), j1 = std::min(j0 + chunk, lim);
-        const Partial pr = decode_chunk(b, h, i, j0, j1, qs, s, acc);
-        if (splits > 1) {
-          partial[t] = pr;
-          std::copy(acc, acc + p.Dv, partial_acc.get() + t * p.Dv);
-          continue;
+        const int64_t bh = t / splits, part = t % splits, b = bh / p.H, h = bh % p.H;
+        int64_t max_lim = 0;
+        for (int64_t i = 0; i < Tq; ++i) max_lim = std::max(max_lim, key_limit(b, i));
+        const int64_t j0 = std::min(part * chunk, max_lim), j1 = std::min(j0 + chunk, max_lim);
+        rows_chunk(sc, b, h, j0, j1, parts);
+        for (int64_t i = 0; i < Tq; ++i) {
+          const T* arow = sc.acc + i * Dv_pad;
+          if (splits > 1) {
+            partial[t * Tq + i] = parts[i];
+            std::copy(arow, arow + p.Dv, partial_acc.get() + (t * Tq + i) * p.Dv);
+            continue;
+          }
+          // A row that sees no key gets zeros even when its accumulator holds 0 x NaN from V rows
+          // that other rows see; a NaN l (NaN scores) gives NaN.
+          T* orow = o + b * p.o_stride[0] + h * p.o_stride[1] + i * p.o_stride[2];
+          if (parts[i].l == T(0)) {
+            std::fill(orow, orow + p.Dv, T(0));
+          } else {
+            const T inv = T(1) / parts[i].l;
+            for (int64_t e = 0; e < p.Dv; ++e) orow[e] = arow[e] * inv;
+          }
+          if (w) finish_weights(b, h, i, key_limit(b, i), parts[i].m, parts[i].l);
         }
-        T* orow = o + b * p.o_stride[0] + h * p.o_stride[1] + i * p.o_stride[2];
-        const T inv = pr.l == T(0) ? T(0) : T(1) / pr.l;
-        for (int64_t e = 0; e < p.Dv; ++e) orow[e] = acc[e] * inv;
-        if (w) finish_weights(b, h, i, lim, pr.m, pr.l);
       }
     });
     if (splits == 1 || out_of_memory.load()) return;
     // Merge: M = max_s m_s, L = sum_s l_s 2^(m_s - M), O = sum_s acc_s 2^(m_s - M) / L.
-    for (int64_t row = 0; row < rows; ++row) {
-      const int64_t i = row % p.Tq, bh = row / p.Tq, b = bh / p.H, h = bh % p.H;
-      T M = -std::numeric_limits<T>::infinity();
-      for (int64_t s = 0; s < splits; ++s) M = max_or_nan(M, partial[row * splits + s].m);
-      T* orow = o + b * p.o_stride[0] + h * p.o_stride[1] + i * p.o_stride[2];
-      std::fill(orow, orow + p.Dv, T(0));
-      T L = 0;
-      if (M != -std::numeric_limits<T>::infinity()) {
-        for (int64_t s = 0; s < splits; ++s) {
-          const Partial& pr = partial[row * splits + s];
-          if (pr.l == T(0)) continue;
-          const T f = std::exp2(pr.m - M);
-          L += pr.l * f;
-          const T* a = partial_acc.get() + (row * splits + s) * p.Dv;
-          for (int64_t e = 0; e < p.Dv; ++e) orow[e] += a[e] * f;
+    for (int64_t bh = 0; bh < heads; ++bh) {
+      const int64_t b = bh / p.H, h = bh % p.H;
+      for (int64_t i = 0; i < Tq; ++i) {
+        const auto at_split = [&](int64_t s) { return (bh * splits + s) * Tq + i; };
+        T M = -std::numeric_limits<T>::infinity();
+        for (int64_t s = 0; s < splits; ++s) M = max_or_nan(M, partial[at_split(s)].m);
+        T* orow = o + b * p.o_stride[0] + h * p.o_stride[1] + i * p.o_stride[2];
+        std::fill(orow, orow + p.Dv, T(0));
+        T L = 0;
+        if (M != -std::numeric_limits<T>::infinity()) {
+          for (int64_t s = 0; s < splits; ++s) {
+            const Partial& pr = partial[at_split(s)];
+            if (pr.l == T(0)) continue;
+            const T f = std::exp2(pr.m - M);
+            L += pr.l * f;
+            const T* a = partial_acc.get() + at_split(s) * p.Dv;
+            for (int64_t e = 0; e < p.Dv; ++e) orow[e] += a[e] * f;
+          }
+          const T inv = T(1) / L;
+          for (int64_t e = 0; e < p.Dv; ++e) orow[e] *= inv;
         }
-        const T inv = T(1) / L;
-        for (int64_t e = 0; e < p.Dv; ++e) orow[e] *= inv;
+        if (w) finish_weights(b, h, i, key_limit(b, i), M, L);
       }
-      if (w) finish_weights(b, h, i, key_limit(b, i), M, L);
     }
   }
 
   void run() {
-    if (p.Tq <= 2)
-      run_decode();
+    if (p.Tq <= 2 || (p.Tq <= kFewRows && p.Tq * p.Tk <= kFewRowsScores))
+      run_rows();
     else
       run_tiled();
     if (out_of_memory.load()) throw std::bad_alloc();

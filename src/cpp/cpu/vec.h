@@ -132,6 +132,35 @@ template <typename T> inline void transpose_block(Vec<T>* r) {
   }
 }
 
+// Lane i of the result is the sum of the lanes of r[i], for W = lanes vectors. Each round pairs
+// the vectors and adds the two halves of each block of both (block sizes W, W/2, ..., 2): W - 1
+// additions and 2(W - 1) shuffles, where transpose_block and a sum take W log2(W) shuffles. The
+// rounds leave the sums in bit-reversed lane order, so the vectors enter in bit-reversed slots.
+template <typename T, std::size_t... I>
+inline VecI<T> fold_mask(int block, bool high, std::index_sequence<I...>) {
+  constexpr int w = lanes<T>();
+  const int half = block / 2, shift = high ? half : 0;
+  return VecI<T>{static_cast<typename std::remove_reference<decltype(VecI<T>{}[0])>::type>(
+      int(I) % block < half ? int(I) + shift : w + int(I) - half + shift)...};
+}
+constexpr int bit_reverse(int i, int width) {
+  int r = 0;
+  for (int bit = 1; bit < width; bit *= 2) r = r * 2 + (i & bit ? 1 : 0);
+  return r;
+}
+template <typename T> inline Vec<T> sum_each(const Vec<T>* r) {
+  constexpr int w = lanes<T>();
+  const auto seq = std::make_index_sequence<std::size_t(w)>();
+  Vec<T> a[w];
+  for (int i = 0; i < w; ++i) a[bit_reverse(i, w)] = r[i];
+  for (int block = w, n = w; block > 1; block /= 2, n /= 2) {
+    const VecI<T> lo = fold_mask<T>(block, false, seq), hi = fold_mask<T>(block, true, seq);
+    for (int i = 0; i < n / 2; ++i)
+      a[i] = __builtin_shuffle(a[2 * i], a[2 * i + 1], lo) + __builtin_shuffle(a[2 * i], a[2 * i + 1], hi);
+  }
+  return a[0];
+}
+
 // 2^x, vectorised: x = n + f with n = round(x), |f| <= 1/2; 2^f by a polynomial, 2^n through the
 // exponent bits.
 template <typename T> struct Exp2Consts;
