@@ -11,7 +11,9 @@ and 2 threads, on the CPU backends (attnkit, NumPy, and torch and ONNX Runtime w
   torch.nn.MultiheadAttention in inference mode);
 - decoder cross-attention: a step B=10 H=4 Tq=1 Tk=500 D=64; a beam of 10 hypotheses of one
   utterance as 10 query rows (B=1 H=4 Tq=10 Tk=1000); a single query row (B=1 H=4 Tq=1
-  Tk=1000); 32 utterances with key lengths (B=32 H=4 Tq=1 Tk=1000);
+  Tk=1000); 32 utterances with key lengths (B=32 H=4 Tq=1 Tk=1000); the beam and the single row
+  again on one hot copy of their inputs (`-hot`: a search re-reads the same encoder memory at
+  every step, so it is in cache, where the other cases rotate copies through 64 MiB);
 - a tiny B=1 H=1 T=8 D=8 call for per-call overhead.
 
 Prints the Markdown table and writes benchmarks/results/<date>-cpu-sdpa.json (JSON lines) and
@@ -39,6 +41,8 @@ CASES = [
     sdpa_case("dec-beam", 1, 4, 10, 1000, 64),
     sdpa_case("dec-step", 1, 4, 1, 1000, 64),
     sdpa_case("dec-step", 32, 4, 1, 1000, 64, lengths=True),
+    sdpa_case("dec-beam-hot", 1, 4, 10, 1000, 64, rotate=False),
+    sdpa_case("dec-step-hot", 1, 4, 1, 1000, 64, rotate=False),
     TINY,
 ]
 
