@@ -138,31 +138,6 @@ struct SdpaKernel {
       for (int c = 0; c < kTileVecs; ++c) store(s + r * lds + c * W, acc[r][c]);
   }
 
-  // O[r][c] += sum_j P[r][j] * Vp[j][c] for kTileRows rows and NC columns.
-  static inline void pv_tile(const T* __restrict pm, int64_t lds, const T* __restrict vp, int64_t ldv, int64_t nk,
-                             T* __restrict out, int64_t ldo) {
-    V acc[kTileRows][kTileVecs];
-#pragma GCC unroll 16
-    for (int r = 0; r < kTileRows; ++r)
-#pragma GCC unroll 4
-      for (int c = 0; c < kTileVecs; ++c) acc[r][c] = load(out + r * ldo + c * W);
-    for (int64_t j = 0; j < nk; ++j) {
-      V vv[kTileVecs];
-#pragma GCC unroll 4
-      for (int c = 0; c < kTileVecs; ++c) vv[c] = load(vp + j * ldv + c * W);
-#pragma GCC unroll 16
-      for (int r = 0; r < kTileRows; ++r) {
-        const V pb = splat<T>(pm[r * lds + j]);
-#pragma GCC unroll 4
-        for (int c = 0; c < kTileVecs; ++c) acc[r][c] += pb * vv[c];
-      }
-    }
-#pragma GCC unroll 16
-    for (int r = 0; r < kTileRows; ++r)
-#pragma GCC unroll 4
-      for (int c = 0; c < kTileVecs; ++c) store(out + r * ldo + c * W, acc[r][c]);
-  }
-
   struct TiledScratch {
     T* kp;  // [ceil(Tk/NR)][D][NR]
     T* vp;  // [Tk_pad][Dv_pad]
@@ -311,7 +286,8 @@ struct SdpaKernel {
       const int64_t nv = pack_v ? nk_pad : nk;
       for (int64_t r0 = 0; r0 < mq_pad; r0 += kTileRows)
         for (int64_t c = 0; c < Dv_pad; c += NC)
-          pv_tile(sc.s + r0 * kBlockK, kBlockK, vblock + c, ldv, nv, sc.acc + r0 * Dv_pad + c, Dv_pad);
+          pv_tile<kTileRows, kTileVecs, false>(sc.s + r0 * kBlockK, kBlockK, vblock + c, ldv, nv,
+                                               sc.acc + r0 * Dv_pad + c, Dv_pad, 0);
     }
 
     T* ob = o + b * p.o_stride[0] + h * p.o_stride[1];
@@ -408,13 +384,13 @@ struct SdpaKernel {
     }
   }
 
-  // acc[g][c] += sum_j P[g][j] V[j][c] for G rows and NCV vectors of columns; with kTail the last
-  // vector holds the `tail` columns left (loaded partially; acc rows are padded).
+  // acc[g][c] += sum_j P[g][j] V[j][c] for G rows and NCV vectors of columns (both paths); with
+  // kTail the last vector holds the `tail` columns left (loaded partially; acc rows are padded).
   template <int G, int NCV, bool kTail>
-  static void pv_rows_tile(const T* __restrict pm, int64_t lds, const T* __restrict vr, int64_t ldv, int64_t n,
+  static void pv_tile(const T* __restrict pm, int64_t lds, const T* __restrict vr, int64_t ldv, int64_t n,
                            T* __restrict acc, int64_t lda, int tail) {
     V a[G][NCV];
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int g = 0; g < G; ++g)
 #pragma GCC unroll 8
       for (int c = 0; c < NCV; ++c) a[g][c] = load(acc + g * lda + c * W);
@@ -423,14 +399,14 @@ struct SdpaKernel {
 #pragma GCC unroll 8
       for (int c = 0; c < NCV; ++c)
         vv[c] = kTail && c == NCV - 1 ? load_partial(vr + j * ldv + c * W, tail) : load(vr + j * ldv + c * W);
-#pragma GCC unroll 8
+#pragma GCC unroll 16
       for (int g = 0; g < G; ++g) {
         const V pb = splat<T>(pm[g * lds + j]);
 #pragma GCC unroll 8
         for (int c = 0; c < NCV; ++c) a[g][c] += pb * vv[c];
       }
     }
-#pragma GCC unroll 8
+#pragma GCC unroll 16
     for (int g = 0; g < G; ++g)
 #pragma GCC unroll 8
       for (int c = 0; c < NCV; ++c) store(acc + g * lda + c * W, a[g][c]);
@@ -441,9 +417,9 @@ struct SdpaKernel {
     const int tail = int(p.Dv % W);
     const bool last = c + NCV == (p.Dv + W - 1) / W;
     if (tail && last)
-      pv_rows_tile<G, NCV, true>(pm, lds, vr + c * W, p.v_stride[2], n, acc + c * W, Dv_pad, tail);
+      pv_tile<G, NCV, true>(pm, lds, vr + c * W, p.v_stride[2], n, acc + c * W, Dv_pad, tail);
     else
-      pv_rows_tile<G, NCV, false>(pm, lds, vr + c * W, p.v_stride[2], n, acc + c * W, Dv_pad, tail);
+      pv_tile<G, NCV, false>(pm, lds, vr + c * W, p.v_stride[2], n, acc + c * W, Dv_pad, tail);
   }
 
   // The context of G rows over n keys, in column passes of at most 8 / G vectors (>= 2): about 8
