@@ -275,7 +275,7 @@ struct AdditiveKernel {
   }
 
   // Dot-product energies (no gvec): e[t0 + j] = P[b, t0 + j] . q[n] for j < nf <= W, one
-  // accumulator per frame over A and one transpose to sum them (no horizontal sums). Not inlined
+  // accumulator per frame over A, summed together by sum_each (no horizontal sums). Not inlined
   // into the task loop: there the 8 row pointers were spilled and reloaded every iteration.
   __attribute__((noinline)) void energies_dot(int64_t b, const T* qn, int64_t t0, int nf, T* e) const {
     const T* rowp[W];
@@ -290,9 +290,7 @@ struct AdditiveKernel {
       const V qv = load_partial(qn + afull, tail);
       for (int j = 0; j < W; ++j) acc[j] += load_partial(rowp[j] + afull, tail) * qv;
     }
-    transpose_block<T>(acc);
-    V sum = acc[0];
-    for (int j = 1; j < W; ++j) sum += acc[j];
+    const V sum = sum_each<T>(acc);
     for (int j = 0; j < nf; ++j) e[t0 + j] = sum[j];
   }
 

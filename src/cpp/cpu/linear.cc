@@ -56,11 +56,8 @@ struct LinearKernel {
         for (int o = 0; o < kO; ++o) acc[r * kO + o] += xv * wv[o];
       }
     }
-    // After the transpose, acc[i][j] is lane i of the old acc[j]: summing over i gives lane j =
-    // the dot product of accumulator j.
-    transpose_block<T>(acc);
-    V sum = acc[0];
-    for (int i = 1; i < W; ++i) sum += acc[i];
+    // Lane j of sum is the dot product of accumulator j.
+    const V sum = sum_each<T>(acc);
     for (int r = 0; r < nr; ++r)
       for (int o = 0; o < no; ++o) y[(n0 + r) * p.A + a + o] = sum[r * kO + o] + (bias ? bias[a + o] : T(0));
   }
