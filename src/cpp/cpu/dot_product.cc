@@ -1,6 +1,6 @@
 // Scaled dot-product attention on the CPU, compiled once per ISA (see vec.h).
 //
-// Tiled path (Tq > 2), one task per (b, h, block of kBlockQ query rows):
+// Tiled path (Tq > kFewRows), one task per (b, h, block of kBlockQ query rows):
 //   Kp = K[b,h] packed in panels of NR keys (Kp[j/NR][d][j%NR]), once per (b,h) per thread and
 //   only as far as some row needs; V is read in place, or packed as Vp padded to Dv_pad columns
 //   when Dv is not a multiple of the register tile width.
