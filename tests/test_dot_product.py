@@ -36,13 +36,15 @@ def test_matches_reference(isa, rng, dtype, D, Tk):
         assert_close(w, ref_w, dtype, f"weights isa={isa}")
 
 
-@pytest.mark.parametrize("Tq", range(1, 11))
+@pytest.mark.parametrize("Tq", [*range(1, 18), 20, 23, 24, 25, 31, 32, 33])
 def test_few_query_rows_match_reference(isa, rng, Tq):
-    """Every query count of the few-rows path (keys read in place; up to 9 rows: row pairs and an odd
-    row in the scores, tiles of 1-6 rows in the context) and the first tiled one, against key counts
-    around its 8-key (16 on AVX-512) score tiles and 64-key context blocks, head sizes with partial
-    vectors, key lengths and causality (Tq > Tk included)."""
-    for Tk, D, Dv in [(1, 5, 3), (7, 8, 8), (9, 17, 12), (16, 64, 64), (17, 33, 70), (65, 24, 9), (130, 80, 130)]:
+    """The query counts of the few-rows path (keys read in place; groups of W = 4-16 rows with lanes
+    over the rows, whole or with missing rows, then row pairs and an odd row with lanes over d;
+    tiles of 1-6 rows in the context) and of the tiled path beside it, against key counts around
+    the score blocks (24 keys, 48 on AVX-512), the lanes-over-d tiles (8, 16) and the 64-key
+    context blocks, head sizes with partial vectors, key lengths and causality (Tq > Tk included)."""
+    for Tk, D, Dv in [(1, 5, 3), (7, 8, 8), (9, 17, 12), (16, 64, 64), (17, 33, 70), (24, 7, 5), (48, 16, 16),
+                      (65, 24, 9), (130, 80, 130)]:
         for dtype in (np.float32, np.float64):
             q, k, v = make(rng, (2, 2, Tq, D), dtype), make(rng, (2, 2, Tk, D), dtype), make(rng, (2, 2, Tk, Dv), dtype)
             for kw in ({}, {"key_lengths": [max(1, Tk - 3), Tk]}, {"causal": True}):
@@ -165,15 +167,16 @@ def test_decode_split_over_keys_matches(rng):
         attnkit.set_num_threads(before)
 
 
-def test_few_rows_split_over_keys_matches(rng):
+@pytest.mark.parametrize("Tq", [6, 10, 16])
+def test_few_rows_split_over_keys_matches(rng, Tq):
     """Several query rows of one head over many keys: the key ranges go to different tasks, and each
     row's partial results merge to the reference, causal rows with different limits included."""
-    q, k, v = make(rng, (1, 1, 6, 40), np.float32), make(rng, (1, 1, 3000, 40), np.float32), make(rng, (1, 1, 3000, 23), np.float32)
+    q, k, v = make(rng, (1, 1, Tq, 40), np.float32), make(rng, (1, 1, 3000, 40), np.float32), make(rng, (1, 1, 3000, 23), np.float32)
     before = attnkit.get_num_threads()
     try:
         for threads in (1, 2, 5):
             attnkit.set_num_threads(threads)
-            for kw in ({"key_lengths": [2711]}, {"causal": True}, {"mask": rng.random((6, 3000)) > 0.5}):
+            for kw in ({"key_lengths": [2711]}, {"causal": True}, {"mask": rng.random((Tq, 3000)) > 0.5}):
                 out, w = sdpa(q, k, v, return_weights=True, **kw)
                 ref, ref_w = ref_sdpa(q, k, v, **kw)
                 assert_close(out, ref, np.float32, f"threads={threads} {kw}")

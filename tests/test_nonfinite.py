@@ -21,7 +21,7 @@ from attnkit import espnet as ek
 sdpa = attnkit.scaled_dot_product_attention
 
 # (B, H, Tq, Tk): tiled with two key blocks, few rows, few rows split over the keys
-SHAPES = [(2, 2, 60, 300), (2, 2, 1, 40), (2, 2, 7, 90), (1, 1, 2, 1100), (1, 1, 5, 1100)]
+SHAPES = [(2, 2, 60, 300), (2, 2, 1, 40), (2, 2, 7, 90), (1, 1, 2, 1100), (1, 1, 5, 1100), (2, 1, 10, 500)]
 D, DV = 17, 9
 
 

@@ -1,6 +1,7 @@
 // Scaled dot-product attention on the CPU, compiled once per ISA (see vec.h).
 //
-// Tiled path (Tq > kFewRows), one task per (b, h, block of kBlockQ query rows):
+// Tiled path (more query rows than few_rows_faster takes), one task per (b, h, block of kBlockQ
+// query rows):
 //   Kp = K[b,h] packed in panels of NR keys (Kp[j/NR][d][j%NR]), once per (b,h) per thread and
 //   only as far as some row needs; V is read in place, or packed as Vp padded to Dv_pad columns
 //   when Dv is not a multiple of the register tile width.
@@ -10,9 +11,11 @@
 //     mask; m' = max(m, rowmax S); P = exp2(S - m'); l = l*2^(m-m') + rowsum P; O *= 2^(m-m')
 //     O += P Vp                          register tiles again, P and Vp from L1/L2
 //   O /= l (rows whose keys are all masked get 0).
-// Few-rows path (Tq <= kFewRows), one task per (b, h) and key range, K and V read in place:
-//   S = Qs K^T                           register tiles of 1-2 rows x 4-16 keys, lanes over d,
-//                                        each W sums reduced by sum_each
+// Few-rows path (Tq <= kFewRows, and up to 2W rows where its scores cost less), one task per
+// (b, h) and key range, K and V read in place:
+//   S = Qs K^T                           groups of W rows: tiles of W rows x KT keys, lanes over
+//                                        the rows, transposed back; rows left: tiles of 1-2 rows
+//                                        x 4-16 keys, lanes over d, each W sums reduced by sum_each
 //   per row: mask; m = max S; P = exp2(S - m); l = rowsum P
 //   O = P V                              register tiles of 1-6 rows x 1-8 vectors of V
 // When B*H cannot fill the threads, the keys are split across tasks and the partial (max, sum,
@@ -37,9 +40,9 @@ constexpr int64_t kBlockQ = 48;   // a multiple of every kTileRows (6, 12)
 constexpr int64_t kBlockK = 256;  // S tile of 48x256 floats = 48 KiB, in L2; 128 and 96x128 measured 1-5% slower
 constexpr double kLog2e = 1.4426950408889634;
 // Query rows per head up to which the few-rows path (keys read in place) beats packing K for the
-// tiled path (B=1 H=4 Tk=1000 D=64, 1 thread: Tq=3 74 vs 125 us, Tq=9 176 vs 208, Tq=10 213-224
-// vs 194-214; benchmarks/NOTES.md, SDPA 7), and the most scores it holds per task (Tq x Tk: 16
-// MiB of float32).
+// tiled path on every ISA (B=1 H=4 Tk=1000 D=64, 1 thread, before lanes over rows: Tq=3 74 vs
+// 125 us, Tq=9 176 vs 208; benchmarks/NOTES.md, SDPA 7), and the most scores it holds per task
+// (Tq x Tk: 16 MiB of float32).
 constexpr int64_t kFewRows = 9;
 constexpr int64_t kFewRowsScores = int64_t(1) << 22;
 
@@ -470,8 +473,65 @@ struct SdpaKernel {
     return {m, l};
   }
 
+  // Keys per block of the few-rows scores loop (whole lanes-over-rows tiles, whole W x W
+  // transposes, whole NA blocks for the rows left over) and per lanes-over-rows tile (12 or 24
+  // accumulator chains, enough to cover the FMA latency; 8 measured ~20% slower).
+  static constexpr int KB = 3 * NA;
+  static constexpr int KT = KB / 2;
+
+  // Scores of W query rows x KT keys with lanes over the rows: qt holds the rows' scaled q
+  // transposed ([D][W]), each key element is broadcast, nothing is summed across lanes (4 cycles
+  // per row and key at D = 64 on AVX2, the FMA bound, where qk_rows_tile takes 6-8). Out:
+  // st[t][r] for the KT keys.
+  static void qk_lanes_tile(const T* __restrict qt, const T* __restrict kr, int64_t ldk, int64_t D,
+                            T* __restrict st) {
+    V acc[KT];
+#pragma GCC unroll 24
+    for (int t = 0; t < KT; ++t) acc[t] = V{};
+    for (int64_t d = 0; d < D; ++d) {
+      const V qv = load(qt + d * W);
+#pragma GCC unroll 24
+      for (int t = 0; t < KT; ++t) acc[t] += splat<T>(kr[t * ldk + d]) * qv;
+    }
+#pragma GCC unroll 24
+    for (int t = 0; t < KT; ++t) store(st + t * W, acc[t]);
+  }
+
+  // Scores of rows [i0, Tq) for the NA keys at kr (key j of the chunk): row pairs, then an odd
+  // last row, lanes over d.
+  static void qk_rows_block(const T* qs, int64_t Dq, int64_t i0, int64_t Tq, const T* kr, int64_t ldk,
+                            int64_t D, T* s, int64_t lds, int64_t j) {
+    int64_t i = i0;
+    for (; i + 2 <= Tq; i += 2) {
+      qk_rows_tile<2, NA / 2>(qs + i * Dq, Dq, kr, ldk, D, s + i * lds + j, lds);
+      qk_rows_tile<2, NA / 2>(qs + i * Dq, Dq, kr + NA / 2 * ldk, ldk, D, s + i * lds + j + NA / 2, lds);
+    }
+    if (i < Tq) qk_rows_tile<1, NA>(qs + i * Dq, Dq, kr, ldk, D, s + i * lds + j, lds);
+  }
+
+  // Query rows whose scores the few-rows path computes with lanes over the rows: whole groups of
+  // W, and one more group (its missing rows zero) when more than 5/8 W rows are left, since a
+  // group costs what lanes over d cost for ~5 rows (AVX2, D = 64: ~37 against ~8 cycles per key).
+  static int64_t lanes_over_rows(int64_t Tq) {
+    return Tq % W > W / 2 + W / 8 ? round_up(Tq, W) : Tq / W * W;
+  }
+
+  // Whether the few-rows path beats the tiled one for Tq rows. Up to kFewRows it does (measured);
+  // above, up to 2W rows, while its scores cost less, counted in passes of one row over one key's
+  // D / W vectors (measured on AVX2 at D = 64: a group of W rows with lanes over the rows ~1.15 W
+  // passes, a row with lanes over d ~2; the tiled path a pass per row of its padded tiles plus ~4
+  // for packing the key). B=1 H=4 Tk=1000, 1 thread, old -> new: Tq = 10 206 -> 173 us, 13 266
+  // -> 220, 16 287 -> 244; benchmarks/NOTES.md, SDPA 8.
+  static bool few_rows_faster(int64_t Tq) {
+    if (Tq <= kFewRows) return true;
+    if (Tq > 2 * W) return false;
+    const int64_t lane = lanes_over_rows(Tq);
+    return 1.15 * double(lane) + 2.0 * double(Tq - std::min(lane, Tq)) < double(round_up(Tq, kTileRows) + 4);
+  }
+
   struct RowsScratch {
     T* qs;   // [Tq][round_up(D, W)], scaled, zero past D
+    T* qt;   // [ceil(Tq / W)][D][W]: the same rows transposed, per group of W rows (zero past Tq)
     T* s;    // [Tq][lds]
     T* acc;  // [Tq][Dv_pad]
     int64_t lds;
@@ -489,19 +549,37 @@ struct SdpaKernel {
       for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * qscale;
       std::fill(dst + D, dst + Dq, T(0));
     }
-    // Scores: NA keys at a time, every row pair (and an odd last row) on them while they are in L1.
+    // Scores, a block of keys at a time while its K rows are in L1: rows in groups of W with lanes
+    // over the rows (the tiles' key vectors transposed back into rows through st), the rows left
+    // with lanes over d; the keys past the last whole block, every row with lanes over d.
     const int64_t ldk = p.k_stride[2];
     const T* kb = k + b * p.k_stride[0] + h * p.k_stride[1] + j0 * ldk;
+    const int64_t lane_rows = lanes_over_rows(Tq), grouped = std::min(lane_rows, Tq);
+    for (int64_t g = 0; g < lane_rows; g += W)
+      for (int64_t d = 0; d < D; ++d)
+        for (int r = 0; r < W; ++r) sc.qt[g * D + d * W + r] = g + r < Tq ? sc.qs[(g + r) * Dq + d] : T(0);
     int64_t j = 0;
-    for (; j + NA <= n; j += NA) {
-      const T* kr = kb + j * ldk;
-      int64_t i = 0;
-      for (; i + 2 <= Tq; i += 2) {
-        qk_rows_tile<2, NA / 2>(sc.qs + i * Dq, Dq, kr, ldk, D, sc.s + i * lds + j, lds);
-        qk_rows_tile<2, NA / 2>(sc.qs + i * Dq, Dq, kr + NA / 2 * ldk, ldk, D, sc.s + i * lds + j + NA / 2, lds);
+    if (lane_rows > 0) {
+      T st[KB * W];
+      for (; j + KB <= n; j += KB) {
+        const T* kr = kb + j * ldk;
+        for (int64_t g = 0; g < lane_rows; g += W) {
+          qk_lanes_tile(sc.qt + g * D, kr, ldk, D, st);
+          qk_lanes_tile(sc.qt + g * D, kr + KT * ldk, ldk, D, st + KT * W);
+          const int rows = int(std::min<int64_t>(W, Tq - g));
+          for (int c = 0; c < KB; c += W) {
+            V block[W];
+#pragma GCC unroll 16
+            for (int t = 0; t < W; ++t) block[t] = load(st + (c + t) * W);
+            transpose_block<T>(block);
+            for (int r = 0; r < rows; ++r) store(sc.s + (g + r) * lds + j + c, block[r]);
+          }
+        }
+        for (int c = 0; c < KB; c += NA)
+          qk_rows_block(sc.qs, Dq, grouped, Tq, kr + c * ldk, ldk, D, sc.s, lds, j + c);
       }
-      if (i < Tq) qk_rows_tile<1, NA>(sc.qs + i * Dq, Dq, kr, ldk, D, sc.s + i * lds + j, lds);
     }
+    for (; j + NA <= n; j += NA) qk_rows_block(sc.qs, Dq, 0, Tq, kb + j * ldk, ldk, D, sc.s, lds, j);
     for (; j < n; ++j) {
       const T* kr = kb + j * ldk;
       for (int64_t i = 0; i < Tq; ++i) {
@@ -559,7 +637,8 @@ struct SdpaKernel {
     const int64_t tasks = heads * splits;
     const int64_t lds = round_up(std::max<int64_t>(chunk, 1), W);
     ScratchLayout lay;
-    const std::size_t off_q = lay.add<T>(Tq * round_up(p.D, W)), off_s = lay.add<T>(Tq * lds),
+    const std::size_t off_q = lay.add<T>(Tq * round_up(p.D, W)), off_qt = lay.add<T>(round_up(Tq, W) * p.D),
+                      off_s = lay.add<T>(Tq * lds),
                       off_acc = lay.add<T>(Tq * Dv_pad), off_part = lay.add<Partial>(Tq);
     const std::size_t bytes = lay.bytes();
     // The split tasks' (m, l) and unnormalised contexts, per task and row.
@@ -575,7 +654,7 @@ struct SdpaKernel {
         out_of_memory.store(true);
         return;
       }
-      const RowsScratch sc{at<T>(base, off_q), at<T>(base, off_s), at<T>(base, off_acc), lds};
+      const RowsScratch sc{at<T>(base, off_q), at<T>(base, off_qt), at<T>(base, off_s), at<T>(base, off_acc), lds};
       Partial* parts = at<Partial>(base, off_part);
       for (int64_t t = begin; t < end; ++t) {
         const int64_t bh = t / splits, part = t % splits, b = bh / p.H, h = bh % p.H;
@@ -632,7 +711,7 @@ struct SdpaKernel {
   }
 
   void run() {
-    if (p.Tq <= 2 || (p.Tq <= kFewRows && p.Tq * p.Tk <= kFewRowsScores))
+    if (p.Tq <= 2 || (few_rows_faster(p.Tq) && p.Tq * p.Tk <= kFewRowsScores))
       run_rows();
     else
       run_tiled();
