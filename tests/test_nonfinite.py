@@ -10,7 +10,8 @@
   row, head and batch entry is bitwise what it is without the NaN. +inf scores are NaN rows,
   -inf scores are masked keys.
 
-Paths: few rows (Tq <= 9), few rows with the keys split across tasks (Tk >= 512, few heads) and tiled.
+Paths: few rows (Tq <= 9, and 10 rows: a group with lanes over the rows and two rows left), few
+rows with the keys split across tasks (Tk >= 512, few heads) and tiled.
 """
 import numpy as np
 import pytest
