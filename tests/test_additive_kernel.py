@@ -193,6 +193,8 @@ def test_step_linear_matches_numpy(isa, rng, dtype, N, K, A, packed):
     weight = PackedWeight(w.astype(dtype)) if packed else w.astype(dtype)
     assert_close(linear(x.astype(dtype), weight), ref, dtype, "linear")
     assert_close(linear(x.astype(dtype), weight, b.astype(dtype)), ref + b, dtype, "linear + bias")
+    assert_close(linear(x.astype(dtype), weight, b.astype(dtype), tanh=True), np.tanh(ref + b), dtype, "tanh(linear)")
+    assert_close(linear(x.astype(dtype), weight, tanh=True), np.tanh(ref), dtype, "tanh(linear), no bias")
 
 
 def test_packed_linear_checks_the_panels(rng):

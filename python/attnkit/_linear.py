@@ -47,9 +47,12 @@ class PackedWeight:
         return f"PackedWeight(shape={self.shape}, dtype={self.dtype})"
 
 
-def linear(x: np.ndarray, weight: np.ndarray | PackedWeight, bias: np.ndarray | None = None) -> np.ndarray:
+def linear(x: np.ndarray, weight: np.ndarray | PackedWeight, bias: np.ndarray | None = None, *,
+           tanh: bool = False) -> np.ndarray:
     """x ``[..., K]`` weight^T + bias, ``[..., A]`` for weight ``[A, K]`` (an array, or the same
-    weight as a ``PackedWeight``), on attnkit's own threads.
+    weight as a ``PackedWeight``), on attnkit's own threads; with ``tanh``, tanh of it, applied
+    before the outputs leave the registers (NumPy's float32 tanh is scalar here, ~3-5 ns per
+    element: 9 us of an AttDot step's [10, 320] query, benchmarks/NOTES.md).
 
     A step's projections go through this rather than ``@``: NumPy's BLAS keeps its threads
     spinning after each call, and beside attnkit's pool on 2 cores that made a 2-thread AttLoc
@@ -65,7 +68,7 @@ def linear(x: np.ndarray, weight: np.ndarray | PackedWeight, bias: np.ndarray | 
     A = weight.shape[0]
     out = np.empty((x.shape[0], A), dtype=weight.dtype)
     if type(weight) is PackedWeight:
-        _core.linear(x, weight.panels, bias, out, True)
+        _core.linear(x, weight.panels, bias, out, True, tanh)
     else:
-        _core.linear(x, weight, bias, out)
+        _core.linear(x, weight, bias, out, False, tanh)
     return out if len(lead) == 1 else out.reshape(*lead, A)

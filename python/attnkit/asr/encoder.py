@@ -63,7 +63,7 @@ class RNN:
     def __call__(self, x: np.ndarray, lengths) -> tuple[np.ndarray, np.ndarray]:
         ys = self.rnn(x, lengths)
         lengths = np.asarray(lengths, np.int64)
-        y = np.tanh(linear(ys, self._w_last, self.params["l_last.bias"]))
+        y = linear(ys, self._w_last, self.params["l_last.bias"], tanh=True)
         return zero_past(y, lengths), lengths
 
 
@@ -125,9 +125,7 @@ class RNNP:
             ys = rnn(x, lengths)
             if s > 1:
                 ys, lengths = ys[:, ::s], (lengths + 1) // s
-            x = linear(ys, self._w_bt[i], self.params[f"bt{i}.bias"])
-            if i < last:
-                x = np.tanh(x)
+            x = linear(ys, self._w_bt[i], self.params[f"bt{i}.bias"], tanh=i < last)
         return zero_past(x[:, : int(lengths.max())], lengths), lengths
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from attnkit import _core
 from attnkit._arrays import describe, host_float_array, lengths_array
+from attnkit._cells import gru_update, lstm_update
 from attnkit.asr.params import checked_params, float_dtype
 from attnkit._linear import PackedWeight, linear
 
@@ -37,19 +38,23 @@ def lstm_cell(x, h, c, weight_ih, weight_hh, bias_ih=None, bias_hh=None, gates_x
     computes it for all frames in one product); x is then ignored.
     """
     gates = linear(h, weight_hh, bias_hh)
-    gates += linear(x, weight_ih, bias_ih) if gates_x is None else gates_x
-    return lstm_from_gates(gates, c)
+    gx = linear(x, weight_ih, bias_ih) if gates_x is None else gates_x
+    if isinstance(gates, np.ndarray):
+        return lstm_update(gates, gx, c)
+    return lstm_from_gates(gates + gx, c)
 
 
 def lstm_from_gates(gates, c, gate_scale=None):
     """The LSTM cell's update from its summed gate pre-activations ``[N, 4H]`` (input and recurrent
     products and both biases): returns (h', c'). For callers that compute the products their own way
-    (the decoder does both of its first cell's in one product). Runs on CuPy arrays too, given
-    ``gate_scale`` (``lstm_gate_scale``) on their device."""
+    (the decoder does both of its first cell's in one product). NumPy arrays go through the C++
+    cell kernel (the encoder's layers use the same code); CuPy arrays through the array calls
+    below, given ``gate_scale`` (``lstm_gate_scale``) on their device."""
+    if isinstance(gates, np.ndarray):
+        return lstm_update(gates, None, c)
     H = c.shape[1]
     # One tanh for all four gates: tanh(x/2) for i, f, o (sigmoid(x) = 0.5 tanh(x/2) + 0.5, the
-    # same numbers as ``sigmoid``) and tanh(x) for g. At decoder/encoder sizes the cost is the
-    # number of NumPy calls, not the arithmetic.
+    # same numbers as ``sigmoid``) and tanh(x) for g.
     t = np.tanh(gates * (lstm_gate_scale(H, gates.dtype) if gate_scale is None else gate_scale))
     s = 0.5 * t + 0.5
     c_new = s[:, H:2 * H] * c + s[:, :H] * t[:, 2 * H:3 * H]
@@ -73,7 +78,10 @@ def gru_cell(x, h, weight_ih, weight_hh, bias_ih=None, bias_hh=None, gates_x=Non
 
 def gru_from_gates(gx, gh, h):
     """The GRU cell's update from its input and recurrent products ``[N, 3H]`` (each with its
-    bias): returns h'. Runs on CuPy arrays too."""
+    bias): returns h'. NumPy arrays go through the C++ cell kernel, CuPy arrays through the
+    array calls below."""
+    if isinstance(gh, np.ndarray):
+        return gru_update(gh, gx, h)
     H = h.shape[1]
     r = sigmoid(gx[:, :H] + gh[:, :H])
     z = sigmoid(gx[:, H:2 * H] + gh[:, H:2 * H])

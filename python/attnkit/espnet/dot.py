@@ -31,7 +31,7 @@ class AttDot(EncoderProjection):
         # Stored [B, A, T], kept as its [B, T, A] view: the kernel's dot-product energies then run
         # over frames in vectors with no sums across lanes (N=10, T=1000 kernel: 278 -> 217 us on
         # one thread, benchmarks/NOTES.md additive 21).
-        keys = np.tanh(super()._precompute(enc, lengths)["keys"])
+        keys = linear(enc, self._packed("mlp_enc.weight"), self._p("mlp_enc.bias"), tanh=True)
         return {"keys": np.ascontiguousarray(keys.transpose(0, 2, 1)).transpose(0, 2, 1)}
 
     def step(self, prepared: Prepared, dec_z=None, state=None, *, scaling: float = 2.0, rows=None) -> AttentionOutput:
@@ -40,7 +40,7 @@ class AttDot(EncoderProjection):
         op = "AttDot.step"
         prepared, rows, dec_z = self._begin(op, prepared, dec_z, rows)
         s = self._scaling(op, scaling)
-        q = np.tanh(linear(dec_z, self._packed("mlp_dec.weight"), self._p("mlp_dec.bias")))
+        q = linear(dec_z, self._packed("mlp_dec.weight"), self._p("mlp_dec.bias"), tanh=True)
         n = rows.shape[0]
         ctx = np.empty((n, prepared.enc.shape[2]), self._dtype)
         w = np.empty((n, prepared.frames), self._dtype)

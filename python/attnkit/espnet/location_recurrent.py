@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from attnkit._arrays import describe
-from attnkit.espnet._base import (AttentionOutput, EncoderProjection, LocRecState, Prepared, check_array, peak_of,
-                                  sigmoid)
+from attnkit._cells import lstm_update
+from attnkit._linear import linear
+from attnkit.espnet._base import AttentionOutput, EncoderProjection, LocRecState, Prepared, check_array, peak_of
 from attnkit.espnet._kernels import location_conv
 
 
@@ -65,10 +66,8 @@ class AttLocRec(EncoderProjection):
         if self.masked_max_pool:
             f[np.arange(t)[None, :] >= prepared.lengths[rows][:, None]] = 0  # ReLU output >= 0: 0 never wins
         v = f.max(axis=1)
-        gates = v @ self._p("att_lstm.weight_ih").T + h @ self._p("att_lstm.weight_hh").T
-        gi, gf, gg, go = np.split(gates, 4, axis=1)
-        c_new = sigmoid(gf) * c + sigmoid(gi) * np.tanh(gg)
-        h_new = sigmoid(go) * np.tanh(c_new)
+        h_new, c_new = lstm_update(linear(h, self._packed("att_lstm.weight_hh")),
+                                   linear(v, self._packed("att_lstm.weight_ih")), c)
 
         ctx, w = self._additive(prepared, rows, self._query(dec_z) + h_new, None, None, None, None, s)
         return AttentionOutput(ctx, w, LocRecState(w, h_new, c_new), peak_of(w))

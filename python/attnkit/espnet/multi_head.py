@@ -80,11 +80,8 @@ class MultiHead(EspnetAttention):
 
     def _precompute(self, enc, lengths):
         st = self._stacked()
-        keys = linear(enc, st["k"])
-        if self._energy == "dot":
-            keys = self._heads(np.tanh(keys), self.att_dim_k, frames_inner=True)
-        else:
-            keys = self._heads(keys, self.att_dim_k)
+        dot = self._energy == "dot"
+        keys = self._heads(linear(enc, st["k"], tanh=dot), self.att_dim_k, frames_inner=dot)
         return {"keys": keys, "values": self._heads(linear(enc, st["v"]), self.att_dim_v)}
 
     def _initial(self, prepared, rows):
@@ -97,11 +94,11 @@ class MultiHead(EspnetAttention):
         s = 1.0 / math.sqrt(self.att_dim_k) if scaling is None else self._scaling(op, scaling)
         n, H, T = rows.shape[0], self.aheads, prepared.frames
         st = self._stacked()
-        q = linear(dec_z, st["q"], st["qb"]).reshape(n, H, self.att_dim_k)
+        q = linear(dec_z, st["q"], st["qb"], tanh=self._energy == "dot").reshape(n, H, self.att_dim_k)
         if self._energy == "dot":
             ctx = np.empty((n, H, self.att_dim_v), self._dtype)
             w = np.empty((n, H, T), self._dtype)
-            dot_product_step(prepared.keys, prepared.values, prepared.lengths, rows, np.tanh(q), s, ctx, w)
+            dot_product_step(prepared.keys, prepared.values, prepared.lengths, rows, q, s, ctx, w)
         else:
             a = None
             if self._energy == "loc":

@@ -101,6 +101,7 @@ struct LinearParams {
   const void* w = nullptr;     // [A][K] contiguous (torch's Linear.weight layout), or packed:
   bool packed = false;         // [ceil(A / P)][K][P], P = kLinearPanelBytes / sizeof(T), zero pad
   const void* bias = nullptr;  // [A] or null
+  bool tanh = false;           // y = tanh(x w^T + b) (AttDot's projections, ESPnet encoders' l_last)
   void* y = nullptr;           // [N][A] contiguous
 };
 
@@ -125,6 +126,23 @@ struct RecurrentLayerParams {
   const int64_t* active = nullptr; // [T], each in [0, B]
   bool reverse = false;
   void* out = nullptr;             // [T][B][H]: h of the rows that stepped; the rest untouched
+};
+
+// One step of an LSTM or GRU cell for N rows from its gate pre-activations (a decoder's or a
+// language model's cell; attnkit.asr.rnn.lstm_from_gates / gru_from_gates):
+//   lstm: gates = g + gx (gx null: g alone), (i, f, gg, o); c_new = sigmoid(f) c + sigmoid(i)
+//         tanh(gg), h_new = sigmoid(o) tanh(c_new);
+//   gru:  g = h W_hh^T + b_hh, gx = x W_ih^T + b_ih (both given), (r, z, n); h_new = (1 - z) n + z h.
+// Every array is C-contiguous, of one float dtype; the outputs do not overlap the inputs.
+struct CellUpdateParams {
+  DType dtype = DType::f32;
+  RecurrentCell cell = RecurrentCell::lstm;
+  int64_t N = 0, H = 0;
+  const void* g = nullptr;    // [N][G*H]
+  const void* gx = nullptr;   // [N][G*H] or null (lstm only)
+  const void* state = nullptr; // [N][H]: c (lstm) or h (gru)
+  void* h_new = nullptr;      // [N][H]
+  void* c_new = nullptr;      // [N][H] (lstm only)
 };
 
 }  // namespace attnkit

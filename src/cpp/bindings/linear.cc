@@ -1,5 +1,6 @@
 // Binding of the step-sized Linear layer: x [N, K], weight [A, K] (or packed: [ceil(A/P), K, P],
-// P = 64 bytes of outputs), bias [A] or None, out [N, A], all C-contiguous and of one float dtype.
+// P = 64 bytes of outputs), bias [A] or None, out [N, A], all C-contiguous and of one float dtype;
+// tanh applies tanh to the outputs in the kernel.
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,7 +19,7 @@ void check(const HostArray& a, const char* name, Kind kind, const std::vector<in
   require_c_array(a, kOp, name, kind, shape, "the step's");
 }
 
-void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out_obj, bool packed) {
+void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out_obj, bool packed, bool tanh) {
   HostArray x(x_obj, kOp, "x"), w(w_obj, kOp, "weight"), out(out_obj, kOp, "out");
   if ((x.kind() != Kind::f32 && x.kind() != Kind::f64) || x.ndim() != 2 || out.ndim() != 2 || w.ndim() != (packed ? 3 : 2))
     throw TypeError(std::string(kOp) + ": x and out must be 2-D float32 or float64 arrays, weight " +
@@ -26,6 +27,7 @@ void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out
   LinearParams p;
   p.dtype = x.kind() == Kind::f32 ? DType::f32 : DType::f64;
   p.packed = packed;
+  p.tanh = tanh;
   p.N = x.shape(0), p.K = x.shape(1), p.A = packed ? out.shape(1) : w.shape(0);
   const int64_t panel = kLinearPanelBytes / (x.kind() == Kind::f32 ? 4 : 8);
   check(x, "x", x.kind(), {p.N, p.K});
@@ -48,9 +50,9 @@ void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out
 
 void register_linear(nb::module_& m) {
   m.def("linear", &linear, nb::arg("x"), nb::arg("weight"), nb::arg("bias").none(), nb::arg("out"),
-        nb::arg("packed") = false,
-        "Private: y = x weight^T + bias for the few rows of a decoder step (weight packed: see "
-        "attnkit.espnet._kernels.PackedWeight).");
+        nb::arg("packed") = false, nb::arg("tanh") = false,
+        "Private: y = x weight^T + bias (tanh of it with tanh=True) for the few rows of a decoder step "
+        "(weight packed: see attnkit._linear.PackedWeight).");
 }
 
 }  // namespace attnkit::bindings

@@ -11,6 +11,7 @@ NB_MODULE(_core, m) {
   register_additive_cuda(m);
   register_linear(m);
   register_recurrent(m);
+  register_cell_update(m);
   register_ctc_prefix(m);
   register_ctc_prefix_cuda(m);
 }

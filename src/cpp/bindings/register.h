@@ -10,6 +10,7 @@ void register_additive(nanobind::module_& m);
 void register_additive_cuda(nanobind::module_& m);
 void register_linear(nanobind::module_& m);
 void register_recurrent(nanobind::module_& m);
+void register_cell_update(nanobind::module_& m);
 void register_ctc_prefix(nanobind::module_& m);
 void register_ctc_prefix_cuda(nanobind::module_& m);
 }  // namespace attnkit::bindings

@@ -25,7 +25,8 @@ void set_active_isa(const std::string& name);  // throws ValueError / Unsupporte
   void sdpa_forward(const ::attnkit::SdpaParams& p);                                      \
   void additive_step(const ::attnkit::AdditiveStepParams& p);                             \
   void linear(const ::attnkit::LinearParams& p);                                          \
-  void recurrent_layer(const ::attnkit::RecurrentLayerParams& p);                                  \
+  void recurrent_layer(const ::attnkit::RecurrentLayerParams& p);                         \
+  void cell_update(const ::attnkit::CellUpdateParams& p);                                 \
   void ctc_prefix_scores(const ::attnkit::CtcPrefixParams& p);
 
 namespace portable { ATTNKIT_DECLARE_CPU_KERNELS }

@@ -57,9 +57,11 @@ struct LinearKernel {
       }
     }
     // Lane j of sum is the dot product of accumulator j.
-    const V sum = sum_each<T>(acc);
+    V sum = sum_each<T>(acc);
+    for (int j = 0; j < W && bias; ++j) sum[j] += bias[a + std::min(j % kO, no - 1)];
+    if (p.tanh) sum = tanhv<T>(sum);
     for (int r = 0; r < nr; ++r)
-      for (int o = 0; o < no; ++o) y[(n0 + r) * p.A + a + o] = sum[r * kO + o] + (bias ? bias[a + o] : T(0));
+      for (int o = 0; o < no; ++o) y[(n0 + r) * p.A + a + o] = sum[r * kO + o];
   }
 
   // Packed weight: R rows x one panel of PV vectors. With fewer than 8 accumulators the K loop
@@ -97,6 +99,7 @@ struct LinearKernel {
       for (int r = 0; r < R; ++r) {
         V sum = acc[0][r][v] + b;
         for (int s = 1; s < S; ++s) sum += acc[s][r][v];
+        if (p.tanh) sum = tanhv<T>(sum);
         T* dst = y + (n0 + r) * p.A + a + v * W;
         if (width == W)
           store(dst, sum);
