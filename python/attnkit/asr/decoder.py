@@ -19,7 +19,8 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from attnkit._arrays import describe, host_float_array
+from attnkit import _core
+from attnkit._arrays import c_aligned, describe, host_float_array
 from attnkit._core import UnsupportedError
 from attnkit.asr._rows import row_index, select_rows
 from attnkit.asr.rnn import gru_cell, lstm_cell, lstm_from_gates
@@ -38,7 +39,14 @@ _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
-    """log_softmax over the last axis (max-subtracted, as torch)."""
+    """log_softmax over the last axis (max-subtracted, as torch), into a new array. NumPy arrays go
+    through the C++ kernel (NumPy's float32 exp is scalar here: ~150 us of a beam-10 step at
+    V = 5000, the kernel ~30-40, benchmarks/NOTES.md); CuPy arrays through the array calls below."""
+    if isinstance(x, np.ndarray) and x.dtype in _DTYPES and x.ndim >= 1 and x.size:
+        x2 = c_aligned(x.reshape(-1, x.shape[-1]))
+        y = np.empty(x2.shape, x.dtype)
+        _core.log_softmax(x2, y)
+        return y.reshape(x.shape)
     y = x - x.max(axis=-1, keepdims=True)
     y -= np.log(np.exp(y).sum(axis=-1, keepdims=True))
     return y

@@ -20,7 +20,7 @@ import numpy as np
 
 from attnkit._arrays import describe, host_float_array, is_device_array
 from attnkit._core import UnsupportedError
-from attnkit.asr.decoder import RNNDecoder
+from attnkit.asr.decoder import RNNDecoder, log_softmax
 from attnkit.asr.encoder import RNNEncoder, encoder_conf_with_defaults
 from attnkit.asr.normalize import GlobalMVN
 from attnkit.asr.params import checked_params, float_dtype, padded_batch, with_prefix
@@ -342,10 +342,8 @@ class AsrModel:
         enc = host_float_array(op, "enc", enc, (3,))
         if enc.shape[2] != self.config.eprojs:
             raise ValueError(f"{op}: enc must have shape [B, T', {self.config.eprojs}], got {enc.shape}")
-        z = linear(enc.astype(self.dtype, copy=False), self.weights["ctc.ctc_lo.weight"], self.weights["ctc.ctc_lo.bias"])
-        z -= z.max(axis=-1, keepdims=True)
-        z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
-        return z
+        return log_softmax(linear(enc.astype(self.dtype, copy=False), self.weights["ctc.ctc_lo.weight"],
+                                  self.weights["ctc.ctc_lo.bias"]))
 
     def on_device(self, like):
         """This model's normalisation, encoder and CTC layer on the GPU that holds CuPy array

@@ -145,6 +145,14 @@ struct CellUpdateParams {
   void* c_new = nullptr;      // [N][H] (lstm only)
 };
 
+// log_softmax over each row of x [N][V] into y [N][V] (y may be x), C-contiguous, one float dtype.
+struct LogSoftmaxParams {
+  DType dtype = DType::f32;
+  int64_t N = 0, V = 0;
+  const void* x = nullptr;
+  void* y = nullptr;
+};
+
 }  // namespace attnkit
 
 namespace attnkit {

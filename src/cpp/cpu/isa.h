@@ -27,6 +27,7 @@ void set_active_isa(const std::string& name);  // throws ValueError / Unsupporte
   void linear(const ::attnkit::LinearParams& p);                                          \
   void recurrent_layer(const ::attnkit::RecurrentLayerParams& p);                         \
   void cell_update(const ::attnkit::CellUpdateParams& p);                                 \
+  void log_softmax(const ::attnkit::LogSoftmaxParams& p);                                 \
   void ctc_prefix_scores(const ::attnkit::CtcPrefixParams& p);
 
 namespace portable { ATTNKIT_DECLARE_CPU_KERNELS }
