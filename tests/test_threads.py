@@ -139,3 +139,21 @@ def test_kernels_release_the_gil(threads, kernel):
         size *= 2
     duration, gap = longest_stall(work)
     assert gap < 0.5 * duration, f"{kernel}: the GIL was held for {gap:.3f} of {duration:.3f} s"
+
+
+@pytest.mark.parametrize("packed", [False, True])
+# A = 32: one chunk of outputs, so the rows are cut across threads (blocks of 48 rows); A = 200:
+# chunks only.
+@pytest.mark.parametrize("N,A", [(1000, 32), (97, 20), (300, 200)])
+def test_linear_bits_do_not_depend_on_the_thread_count(threads, packed, N, A):
+    from attnkit._linear import PackedWeight, linear
+
+    rng = np.random.default_rng(5)
+    x, w = rng.standard_normal((N, 288)).astype(np.float32), rng.standard_normal((A, 288)).astype(np.float32)
+    weight = PackedWeight(w) if packed else w
+    outs = []
+    for count in (1, 2, 3, 5):
+        threads(count)
+        outs.append(linear(x, weight))
+    assert all(np.array_equal(o, outs[0]) for o in outs[1:])
+    np.testing.assert_allclose(outs[0], x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-4, atol=1e-3)

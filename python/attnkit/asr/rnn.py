@@ -1,4 +1,5 @@
-"""Recurrent cells and layers in NumPy with PyTorch's weight layout and gate order.
+"""Recurrent cells and layers with PyTorch's weight layout and gate order: products on
+``linear``, cell updates and whole layers on C++ kernels for NumPy arrays, array calls for CuPy.
 
 LSTM gates are (i, f, g, o) and GRU gates (r, z, n), as in ``torch.nn.LSTMCell`` / ``GRUCell``,
 so ESPnet's state_dict tensors (``weight_ih [G*H, I]``, ``weight_hh [G*H, H]``, ``bias_ih``,

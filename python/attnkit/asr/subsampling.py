@@ -32,7 +32,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     (torch's layout), bias ``[Cout]`` -> ``[B, T', F', Cout]`` with T' = (T + 2p - K) // s + 1.
 
     y[b,t,f,o] = bias[o] + sum_{c,i,j} weight[o,c,i,j] * xpad[b, s*t+i, s*f+j, c] (zero padding p):
-    one im2col copy of the windows ``[rows, Cin*K*K]`` (ordered c, i, j as the weight) and one GEMM.
+    an im2col copy ``[rows, K*K*Cin]`` (ordered i, j, c, as ``conv_weight``) and one GEMM.
     ``packed``: the weight as ``conv_weight(weight)`` made it once (the layers keep it).
     """
     cout, cin, k, _ = weight.shape
@@ -41,22 +41,28 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None, stride: i
     B, T, F, _ = x.shape
     t_out, f_out = (T - k) // stride + 1, (F - k) // stride + 1
     w = conv_weight(weight) if packed is None else packed
-    windows = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(1, 2))[:, ::stride, ::stride]
-    windows = windows[:, :t_out, :f_out]  # [B, T', F', Cin, K, K], a view
     y = np.empty((B, t_out, f_out, cout), x.dtype)
     step = max(1, _IM2COL_ELEMENTS // max(1, f_out * cin * k * k))
     for b in range(B):
         for t0 in range(0, t_out, step):
-            cols = np.ascontiguousarray(windows[b, t0:t0 + step]).reshape(-1, cin * k * k)
-            y[b, t0:t0 + step] = linear(cols, w).reshape(-1, f_out, cout)
+            n = min(step, t_out - t0)
+            # One strided copy per tap (i, j), Cin contiguous: copying the [T', F', Cin, K, K]
+            # window view at once ran element by element (~10% of a batched beam search's time).
+            cols = np.empty((n, f_out, k, k, cin), x.dtype)
+            for i in range(k):
+                rows = x[b, stride * t0 + i: stride * (t0 + n - 1) + i + 1: stride]
+                for j in range(k):
+                    cols[:, :, i, j] = rows[:, j: stride * (f_out - 1) + j + 1: stride]
+            y[b, t0:t0 + n] = linear(cols.reshape(n * f_out, k * k * cin), w).reshape(n, f_out, cout)
     if bias is not None:
         y += bias
     return y
 
 
 def conv_weight(weight: np.ndarray) -> PackedWeight:
-    """A ``[Cout, Cin, K, K]`` convolution weight as the ``[Cout, Cin*K*K]`` GEMM weight, packed."""
-    return PackedWeight(weight.reshape(weight.shape[0], -1))
+    """A ``[Cout, Cin, K, K]`` convolution weight as the ``[Cout, K*K*Cin]`` GEMM weight (columns
+    ordered i, j, c, as ``conv2d``'s im2col), packed."""
+    return PackedWeight(np.ascontiguousarray(weight.transpose(0, 2, 3, 1)).reshape(weight.shape[0], -1))
 
 
 def channel_major(x: np.ndarray) -> np.ndarray:

@@ -117,24 +117,24 @@ struct LinearKernel {
     packed_tile<R>(n0, panel, a, no);
   }
 
-  // Outputs [a0, a1) (a0 a multiple of P) for every row, panel by panel: a panel (K x 64 bytes,
-  // 20 KiB at K = 320) stays in L1 across the row tiles.
-  void packed(int64_t a0, int64_t a1) const {
+  // Outputs [a0, a1) (a0 a multiple of P) of rows [r0, r1) (r0 a multiple of kPackedRows), panel
+  // by panel: a panel (K x 64 bytes, 20 KiB at K = 320) stays in L1 across the row tiles.
+  void packed(int64_t a0, int64_t a1, int64_t r0, int64_t r1) const {
     for (int64_t a = a0; a < a1; a += P) {
       const T* panel = w + (a / P) * p.K * P;
       const int no = int(std::min<int64_t>(P, a1 - a));
-      for (int64_t n0 = 0; n0 < p.N; n0 += kPackedRows)
-        packed_rows(n0, int(std::min<int64_t>(kPackedRows, p.N - n0)), panel, a, no);
+      for (int64_t n0 = r0; n0 < r1; n0 += kPackedRows)
+        packed_rows(n0, int(std::min<int64_t>(kPackedRows, r1 - n0)), panel, a, no);
     }
   }
 
-  // Outputs [a0, a1) for every row. Blocks of 16 rows with the outputs outer inside a block: a
-  // tile's W/2 weight rows stay in L1 across the block's row pairs and the block's rows stay in
-  // L1 too (16 x 384 floats = 24 KiB), so w is read from L2 once per block.
-  void rows(int64_t a0, int64_t a1) const {
+  // Outputs [a0, a1) of rows [r0, r1) (r0 a multiple of 16). Blocks of 16 rows with the outputs
+  // outer inside a block: a tile's W/2 weight rows stay in L1 across the block's row pairs and the
+  // block's rows stay in L1 too (16 x 384 floats = 24 KiB), so w is read from L2 once per block.
+  void rows(int64_t a0, int64_t a1, int64_t r0, int64_t r1) const {
     constexpr int64_t kRowBlock = 16;
-    for (int64_t nb = 0; nb < p.N; nb += kRowBlock) {
-      const int64_t nb_end = std::min(p.N, nb + kRowBlock);
+    for (int64_t nb = r0; nb < r1; nb += kRowBlock) {
+      const int64_t nb_end = std::min(r1, nb + kRowBlock);
       if (nb_end - nb == 1) {
         for (int64_t a = a0; a < a1; a += W) tile<1>(nb, 1, a, int(std::min<int64_t>(W, a1 - a)));
         continue;
@@ -155,19 +155,31 @@ void linear(const LinearParams& p) {
   const int64_t chunks = (p.A + kChunk - 1) / kChunk;
   // N * A * K >= 2^17 multiply-adds, written so that the product cannot overflow.
   const bool parallel = p.N * p.A >= ((int64_t(1) << 17) + p.K - 1) / std::max<int64_t>(p.K, 1);
+  // With fewer than two chunks per thread (a convolution's 32 output channels), the rows are cut
+  // too, in blocks of a multiple of 48 rows: 48 is a multiple of every row tile (16 in rows(), 3, 6
+  // or 12 in packed()), so each row meets the same tiles, and gets the same bits, at any thread
+  // count. Cutting the rows always was slower at 2 threads (NOTES.md, Linear layer 6).
+  constexpr int64_t kRowUnit = 48;
+  const int64_t threads = num_threads();
+  const int64_t row_units = (p.N + kRowUnit - 1) / kRowUnit;
+  const int64_t row_blocks =
+      !parallel || chunks >= 2 * threads ? 1 : std::min(row_units, (2 * threads + chunks - 1) / chunks);
+  const int64_t block_rows = (row_units + row_blocks - 1) / row_blocks * kRowUnit;
   auto run = [&](int64_t, int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t a0 = c * kChunk, a1 = std::min(p.A, a0 + kChunk);
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t c = u / row_blocks, r0 = u % row_blocks * block_rows;
+      const int64_t a0 = c * kChunk, a1 = std::min(p.A, a0 + kChunk), r1 = std::min(p.N, r0 + block_rows);
+      if (r0 >= r1) continue;
       if (p.dtype == DType::f32)
-        p.packed ? LinearKernel<float>{p}.packed(a0, a1) : LinearKernel<float>{p}.rows(a0, a1);
+        p.packed ? LinearKernel<float>{p}.packed(a0, a1, r0, r1) : LinearKernel<float>{p}.rows(a0, a1, r0, r1);
       else
-        p.packed ? LinearKernel<double>{p}.packed(a0, a1) : LinearKernel<double>{p}.rows(a0, a1);
+        p.packed ? LinearKernel<double>{p}.packed(a0, a1, r0, r1) : LinearKernel<double>{p}.rows(a0, a1, r0, r1);
     }
   };
   if (parallel)
-    parallel_for(chunks, run);
+    parallel_for(chunks * row_blocks, run);
   else
-    run(0, 0, chunks);
+    run(0, 0, chunks * row_blocks);
 }
 
 }  // namespace attnkit::cpu::ATTNKIT_ISA
