@@ -103,7 +103,8 @@ class _Alignment:
         self._parents: list[np.ndarray | None] = []
 
     def push(self, weights: np.ndarray, peaks: np.ndarray, parents: np.ndarray | None) -> None:
-        """Step s's weights ``[N_s, ...]``; parents ``[N_s]``: each row's row at step s-1."""
+        """Step s's weights ``[N_s, ...]``; parents ``[N_s]``: each row's row at step s-1 (None:
+        the same row)."""
         self._weights.append(weights)
         self._peaks.append(peaks)
         self._parents.append(parents)
@@ -111,7 +112,8 @@ class _Alignment:
     def trace(self, step: int, row: int) -> tuple[np.ndarray, np.ndarray]:
         rows = [row]
         for s in range(step, 0, -1):
-            rows.append(int(self._parents[s][rows[-1]]))
+            parents = self._parents[s]
+            rows.append(rows[-1] if parents is None else int(parents[rows[-1]]))
         rows.reverse()
         return (np.stack([self._weights[s][r] for s, r in enumerate(rows)]),
                 np.array([self._peaks[s][r] for s, r in enumerate(rows)], dtype=np.int64))
@@ -319,6 +321,9 @@ def greedy_search(decoder: RNNDecoder, enc, lengths=None, *, maxlenratio: float 
             y = np.append(yseq[m], eos) if forced[m] else yseq[m]
             results[keep[active[m]]] = _hypothesis(y, score[m] + (i + 1) * opts.penalty, eos, int(lens[active[m]]),
                                                    *alignment.trace(i, m))
+        if not done.any():  # every row goes on as it is: no reorder (~15% of a greedy step)
+            state, parents = new_state, None
+            continue
         stay = np.flatnonzero(~done)
         if stay.size == 0:
             break
