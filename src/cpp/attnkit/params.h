@@ -100,6 +100,7 @@ struct LinearParams {
   const void* x = nullptr;     // [N][K] contiguous
   const void* w = nullptr;     // [A][K] contiguous (torch's Linear.weight layout), or packed:
   bool packed = false;         // [ceil(A / P)][K][P], P = kLinearPanelBytes / sizeof(T), zero pad
+  bool half_panels = false;    // packed float32 weights stored as float16 bits (uint16), exact
   const void* bias = nullptr;  // [A] or null
   bool tanh = false;           // y = tanh(x w^T + b) (AttDot's projections, ESPnet encoders' l_last)
   void* y = nullptr;           // [N][A] contiguous
@@ -122,6 +123,7 @@ struct RecurrentLayerParams {
   int64_t T = 0, B = 0, H = 0;
   const void* gx = nullptr;        // [T][B][G*H]: x W_ih^T + b_ih
   const void* w_hh = nullptr;      // weight_hh [G*H, H] packed (LinearParams::packed)
+  bool w_hh_half = false;          // ... as float16 bits (LinearParams::half_panels)
   const void* b_hh = nullptr;      // [G*H] or null
   const int64_t* active = nullptr; // [T], each in [0, B]
   bool reverse = false;

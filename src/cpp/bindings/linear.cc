@@ -1,6 +1,6 @@
 // Binding of the step-sized Linear layer: x [N, K], weight [A, K] (or packed: [ceil(A/P), K, P],
-// P = 64 bytes of outputs), bias [A] or None, out [N, A], all C-contiguous and of one float dtype;
-// tanh applies tanh to the outputs in the kernel.
+// P = 64 bytes of outputs), bias [A] or None, out [N, A], all C-contiguous and of one float dtype
+// (packed float32 panels may be float16); tanh applies tanh to the outputs in the kernel.
 #include <memory>
 #include <string>
 #include <vector>
@@ -31,8 +31,10 @@ void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out
   p.N = x.shape(0), p.K = x.shape(1), p.A = packed ? out.shape(1) : w.shape(0);
   const int64_t panel = kLinearPanelBytes / (x.kind() == Kind::f32 ? 4 : 8);
   check(x, "x", x.kind(), {p.N, p.K});
-  check(w, "weight", x.kind(), packed ? std::vector<int64_t>{(p.A + panel - 1) / panel, p.K, panel}
-                                      : std::vector<int64_t>{p.A, p.K});
+  // float32 panels may come as float16 (PackedWeight stores them so when that is exact).
+  p.half_panels = packed && x.kind() == Kind::f32 && w.kind() == Kind::f16;
+  check(w, "weight", p.half_panels ? Kind::f16 : x.kind(),
+        packed ? std::vector<int64_t>{(p.A + panel - 1) / panel, p.K, panel} : std::vector<int64_t>{p.A, p.K});
   check(out, "out", x.kind(), {p.N, p.A});
   if (out.readonly()) throw ValueError(std::string(kOp) + ": out must be writeable");
   std::unique_ptr<HostArray> b;

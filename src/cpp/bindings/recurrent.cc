@@ -37,7 +37,8 @@ void recurrent_layer(nb::handle gx_obj, nb::handle w_obj, nb::handle b_obj, nb::
   const int64_t G = (cell == "lstm" ? 4 : 3) * p.H;
   const int64_t panel = kLinearPanelBytes / (gx.kind() == Kind::f32 ? 4 : 8);
   check(gx, "gx", gx.kind(), {p.T, p.B, G});
-  check(w, "weight_hh", gx.kind(), {(G + panel - 1) / panel, p.H, panel});
+  p.w_hh_half = gx.kind() == Kind::f32 && w.kind() == Kind::f16;  // float16 panels (PackedWeight)
+  check(w, "weight_hh", p.w_hh_half ? Kind::f16 : gx.kind(), {(G + panel - 1) / panel, p.H, panel});
   check(active, "active", Kind::i64, {p.T});
   check(out, "out", gx.kind(), {p.T, p.B, p.H});
   if (out.readonly()) throw ValueError(std::string(kOp) + ": out must be writeable");

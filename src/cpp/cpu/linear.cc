@@ -7,8 +7,11 @@
 //   - packed panels [ceil(A/P)][K][P] (P outputs of 64 bytes, zero-padded; attnkit's modules pack
 //     their weights once): x is broadcast, the panel row loaded, and every FMA adds into an
 //     output accumulator, so nothing is reduced at the end. A tile is R rows x one panel, 12
-//     accumulators. Near the FMA peak.
+//     accumulators. Near the FMA peak. float32 panels may be stored as float16 (Tw = uint16_t,
+//     the IEEE bits) when that is exact: the same sums from half the bytes.
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 
 #include "attnkit/parallel.h"
 #include "attnkit/params.h"
@@ -18,13 +21,15 @@
 namespace attnkit::cpu::ATTNKIT_ISA {
 namespace {
 
-template <typename T>
+// Tw: how the packed panels are stored, T or (float only) uint16_t float16 bits.
+template <typename T, typename Tw = T>
 struct LinearKernel {
   static constexpr int W = lanes<T>();
   using V = Vec<T>;
   const LinearParams& p;
   const T* x = static_cast<const T*>(p.x);
-  const T* w = static_cast<const T*>(p.w);
+  const T* w = static_cast<const T*>(p.w);        // the [A, K] layout (Tw = T)
+  const Tw* pw = static_cast<const Tw*>(p.w);     // packed panels
   const T* bias = static_cast<const T*>(p.bias);
   T* y = static_cast<T*>(p.y);
   int64_t kfull = p.K / W * W;
@@ -71,8 +76,15 @@ struct LinearKernel {
   static constexpr int P = PV * W;                                         // outputs per panel
   static constexpr int kPackedRows = 12 / PV;  // 6 rows on AVX2, 12 on AVX-512, 3 on 16-byte vectors
 
+  static V load_w(const Tw* q) {
+    if constexpr (std::is_same_v<Tw, T>)
+      return load(q);
+    else
+      return load_half(q);
+  }
+
   template <int R>
-  void packed_tile(int64_t n0, const T* panel, int64_t a, int no) const {
+  void packed_tile(int64_t n0, const Tw* panel, int64_t a, int no) const {
     constexpr int S = R * PV >= 8 ? 1 : (R * PV >= 4 ? 2 : 4);
     const T* xr[R];
     for (int r = 0; r < R; ++r) xr[r] = x + (n0 + r) * p.K;
@@ -81,7 +93,7 @@ struct LinearKernel {
     for (; k + S <= p.K; k += S)
       for (int s = 0; s < S; ++s) {
         V wv[PV];
-        for (int v = 0; v < PV; ++v) wv[v] = load(panel + (k + s) * P + v * W);
+        for (int v = 0; v < PV; ++v) wv[v] = load_w(panel + (k + s) * P + v * W);
         for (int r = 0; r < R; ++r) {
           const V xs = splat<T>(xr[r][k + s]);
           for (int v = 0; v < PV; ++v) acc[s][r][v] += xs * wv[v];
@@ -90,7 +102,7 @@ struct LinearKernel {
     for (; k < p.K; ++k)
       for (int r = 0; r < R; ++r) {
         const V xs = splat<T>(xr[r][k]);
-        for (int v = 0; v < PV; ++v) acc[0][r][v] += xs * load(panel + k * P + v * W);
+        for (int v = 0; v < PV; ++v) acc[0][r][v] += xs * load_w(panel + k * P + v * W);
       }
     for (int v = 0; v < PV; ++v) {
       const int width = std::clamp(no - v * W, 0, W);
@@ -110,7 +122,7 @@ struct LinearKernel {
   }
 
   template <int R = 1>
-  void packed_rows(int64_t n0, int rows, const T* panel, int64_t a, int no) const {
+  void packed_rows(int64_t n0, int rows, const Tw* panel, int64_t a, int no) const {
     if constexpr (R < kPackedRows) {
       if (rows != R) return packed_rows<R + 1>(n0, rows, panel, a, no);
     }
@@ -121,7 +133,7 @@ struct LinearKernel {
   // by panel: a panel (K x 64 bytes, 20 KiB at K = 320) stays in L1 across the row tiles.
   void packed(int64_t a0, int64_t a1, int64_t r0, int64_t r1) const {
     for (int64_t a = a0; a < a1; a += P) {
-      const T* panel = w + (a / P) * p.K * P;
+      const Tw* panel = pw + (a / P) * p.K * P;
       const int no = int(std::min<int64_t>(P, a1 - a));
       for (int64_t n0 = r0; n0 < r1; n0 += kPackedRows)
         packed_rows(n0, int(std::min<int64_t>(kPackedRows, r1 - n0)), panel, a, no);
@@ -170,7 +182,9 @@ void linear(const LinearParams& p) {
       const int64_t c = u / row_blocks, r0 = u % row_blocks * block_rows;
       const int64_t a0 = c * kChunk, a1 = std::min(p.A, a0 + kChunk), r1 = std::min(p.N, r0 + block_rows);
       if (r0 >= r1) continue;
-      if (p.dtype == DType::f32)
+      if (p.dtype == DType::f32 && p.half_panels)
+        LinearKernel<float, uint16_t>{p}.packed(a0, a1, r0, r1);
+      else if (p.dtype == DType::f32)
         p.packed ? LinearKernel<float>{p}.packed(a0, a1, r0, r1) : LinearKernel<float>{p}.rows(a0, a1, r0, r1);
       else
         p.packed ? LinearKernel<double>{p}.packed(a0, a1, r0, r1) : LinearKernel<double>{p}.rows(a0, a1, r0, r1);

@@ -29,7 +29,8 @@ void run(const RecurrentLayerParams& p) {
     LinearParams lp;
     lp.dtype = p.dtype;
     lp.N = n, lp.K = H, lp.A = G;
-    lp.x = h.data(), lp.w = p.w_hh, lp.packed = true, lp.bias = p.b_hh, lp.y = gates.data();
+    lp.x = h.data(), lp.w = p.w_hh, lp.packed = true, lp.half_panels = p.w_hh_half, lp.bias = p.b_hh;
+    lp.y = gates.data();
     linear(lp);
     const T* gx = static_cast<const T*>(p.gx) + t * p.B * G;
     T* out = static_cast<T*>(p.out) + t * p.B * H;

@@ -71,6 +71,33 @@ template <typename T> inline void store_partial(T* p, Vec<T> v, int n) { std::me
 template <typename T> inline VecI<T> bits_of(Vec<T> v) { return (VecI<T>)v; }
 template <typename T> inline Vec<T> from_bits(VecI<T> v) { return (Vec<T>)v; }
 
+// lanes<float>() IEEE float16 values (their bits) widened to float32, exactly: packed Linear
+// weights are kept in half precision when every weight is a float16 value (a model stored in
+// float16), which halves what a decoder step's products read (benchmarks/NOTES.md, Linear 9).
+// F16C's conversion where the ISA has it; otherwise integer field arithmetic that needs no
+// denormal float (so a DAZ mode set by another library cannot turn small weights into zeros).
+inline Vec<float> load_half(const uint16_t* p) {
+#if defined(__AVX512F__) && ATTNKIT_VEC_BYTES == 64
+  return reinterpret_cast<Vec<float>>(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
+#elif defined(__F16C__) && ATTNKIT_VEC_BYTES == 32
+  return reinterpret_cast<Vec<float>>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+#else
+  using VI = VecI<float>;
+  typedef uint16_t VH __attribute__((vector_size(kVecBytes / 2)));
+  VH h;
+  std::memcpy(&h, p, sizeof(h));
+  const VI bits = __builtin_convertvector(h, VI);
+  const VI exponent = (bits >> 10) & 0x1f, mantissa = bits & 0x3ff, sign = (bits & 0x8000) << 16;
+  // Normal: rebias the exponent (15 -> 127); inf/NaN: all-ones exponent; subnormal: m * 2^-24.
+  const VI normal = ((exponent + 112) << 23) | (mantissa << 13);
+  const VI special = (VI{} + 0x7f800000) | (mantissa << 13);
+  const VI subnormal = bits_of<float>(__builtin_convertvector(mantissa, Vec<float>) * (1.0f / 16777216.0f));
+  const VI magnitude = exponent == 0 ? subnormal : (exponent == 31 ? special : normal);
+  return from_bits<float>(sign | magnitude);
+#endif
+}
+
+
 template <typename T> inline Vec<T> vmax(Vec<T> a, Vec<T> b) { return a > b ? a : b; }
 template <typename T> inline T hsum(Vec<T> v) {
   T s = 0;
