@@ -8,8 +8,9 @@ The same model (an attnkit model directory; default: the bundled digit recognise
     (recipes/digits/model.py) + ESPnet's espnet1 ``Decoder`` with ``AttLoc`` and its
     ``recognize_beam`` / ``recognize_beam_batch`` loops, loaded with the same float32 weights.
 Features (kaldi-native-fbank) are computed once beforehand and are not timed: both sides use the
-same ones. Reported: utterances per second, real-time factor (compute / audio), and the ratio.
-Both libraries get the same thread count (--threads).
+same ones. Reported: utterances per second, real-time factor (compute / audio), and the ratio,
+from the medians of --repeats runs per side, attnkit and PyTorch taking turns (the load of these
+shared hosts moves by 20-40% within minutes). Both libraries get the same thread count (--threads).
 
     python benchmarks/bench_decode.py [--model DIR] [--wav-dir DIR] [--threads 1] [--out PREFIX]
                                       [--ctc-weight 0.3] [--device cuda]
@@ -88,14 +89,20 @@ def torch_runner(model, mode, beam, batch, device="cpu", ctc_weight=0.0):
     return run
 
 
-def timed(fn, feats, repeats):
-    fn(feats[:2])  # warm-up
-    times = []
+def timed(fns, feats, repeats):
+    """Times each of ``fns`` decoding all of ``feats``, the runners taking turns in every repeat (so
+    that a change of the shared host's load lands on all of them); returns per runner (median
+    seconds, all seconds, hypotheses)."""
+    for fn in fns:
+        fn(feats[:2])  # warm-up
+    times = [[] for _ in fns]
+    outs = [None] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn(feats)
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)), out
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = fn(feats)
+            times[i].append(time.perf_counter() - t0)
+    return [(float(np.median(t)), t, out) for t, out in zip(times, outs)]
 
 
 def main(argv=None) -> int:
@@ -108,7 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=64, help="at most this many files")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--batch", type=int, default=16, help="utterances per batch in the batched search")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="timed runs per side, attnkit and torch in turns")
     p.add_argument("--out", help="write PREFIX.json and PREFIX.md")
     p.add_argument("--ctc-weight", type=float, default=0.0,
                    help="joint CTC/attention weight of the beam searches on both sides (default 0)")
@@ -135,21 +142,25 @@ def main(argv=None) -> int:
     cases += [("beam", 10, 1), ("batch-beam", 10, args.batch)]
     rows = []
     for mode, beam, batch in cases:
-        t_ak, out_ak = timed(attnkit_runner(rec.model, mode, beam, batch, xp, args.ctc_weight), feats, args.repeats)
+        runners = [attnkit_runner(rec.model, mode, beam, batch, xp, args.ctc_weight)]
+        runners += [r for r in [torch_runner(rec.model, mode, beam, batch, args.device, args.ctc_weight)] if r]
+        results = timed(runners, feats, args.repeats)
+        t_ak, all_ak, out_ak = results[0]
         row = {"search": mode, "beam": beam, "batch": batch, "utterances": len(feats), "audio_seconds": audio_seconds,
-               "attnkit_s": t_ak, "attnkit_rtf": t_ak / audio_seconds, "attnkit_utt_per_s": len(feats) / t_ak}
-        runner = torch_runner(rec.model, mode, beam, batch, args.device, args.ctc_weight)
-        if runner is not None:
-            t_pt, out_pt = timed(runner, feats, args.repeats)
+               "attnkit_s": t_ak, "attnkit_rtf": t_ak / audio_seconds, "attnkit_utt_per_s": len(feats) / t_ak,
+               "attnkit_all_s": all_ak}
+        if len(results) > 1:
+            t_pt, all_pt, out_pt = results[1]
             row.update(torch_s=t_pt, torch_rtf=t_pt / audio_seconds, torch_utt_per_s=len(feats) / t_pt,
-                       speedup=t_pt / t_ak, same_hypotheses=sum(a == b for a, b in zip(out_ak, out_pt)))
+                       torch_all_s=all_pt, speedup=t_pt / t_ak,
+                       same_hypotheses=sum(a == b for a, b in zip(out_ak, out_pt)))
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": platform.processor() or platform.machine(), "threads": args.threads,
             "attnkit": attnkit.__version__, "numpy": np.__version__, "torch": torch_version,
             "cpu_isa": attnkit.show_config().get("cpu_isa_active"), "model": args.model,
-            "files": len(files), "device": args.device, "ctc_weight": args.ctc_weight}
+            "files": len(files), "device": args.device, "ctc_weight": args.ctc_weight, "repeats": args.repeats}
     if xp is not None:
         meta["gpu"] = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"].decode()
         meta["cupy"] = xp.__version__
@@ -158,7 +169,8 @@ def main(argv=None) -> int:
         where = f"on {meta['gpu']}" if xp is not None else f"{args.threads} thread(s)"
         what = f", ctc_weight {args.ctc_weight}" if args.ctc_weight else ""
         lines = [f"Decoding{what}, {meta['files']} utterances ({audio_seconds:.1f} s of audio), {where}, "
-                 f"{meta['date']}, attnkit {meta['attnkit']}, torch {torch_version}", "",
+                 f"{meta['date']}, attnkit {meta['attnkit']}, torch {torch_version}; medians of {args.repeats} runs "
+                 f"per side, the sides taking turns", "",
                  "| search | beam | batch | attnkit RTF | attnkit utt/s | torch RTF | torch utt/s | speed-up | same hyps |",
                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
