@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from attnkit._arrays import describe, is_device_array
+from attnkit._arrays import describe, int_range, is_device_array
 
 
 def row_index(op: str, name: str, index, n_rows: int) -> np.ndarray:
@@ -19,8 +19,9 @@ def row_index(op: str, name: str, index, n_rows: int) -> np.ndarray:
     arr = np.asarray(index)
     if arr.dtype.kind not in "iu" or arr.ndim != 1 or arr.size == 0:
         raise TypeError(f"{op}: {name} must be a non-empty 1-D integer array, got {describe(index)}")
-    if arr.min() < 0 or arr.max() >= n_rows:
-        raise ValueError(f"{op}: {name} must lie in [0, {n_rows}), got min {arr.min()} and max {arr.max()}")
+    lo, hi = int_range(arr)
+    if lo < 0 or hi >= n_rows:
+        raise ValueError(f"{op}: {name} must lie in [0, {n_rows}), got min {lo} and max {hi}")
     return arr.astype(np.int64, copy=False)
 
 

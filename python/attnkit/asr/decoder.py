@@ -20,7 +20,7 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 
 from attnkit import _core
-from attnkit._arrays import c_aligned, describe, host_float_array
+from attnkit._arrays import c_aligned, describe, host_float_array, int_range
 from attnkit._core import UnsupportedError
 from attnkit.asr._rows import row_index, select_rows
 from attnkit.asr.rnn import gru_cell, lstm_cell, lstm_from_gates
@@ -324,9 +324,9 @@ class RNNDecoder:
         if arr.dtype.kind not in "iu" or arr.ndim != 1 or (n is not None and arr.shape[0] != n):
             want = "[N]" if n is None else f"[N={n}]"
             raise TypeError(f"{op}: tokens must be a 1-D integer array {want}, got {describe(tokens)}")
-        if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
-            raise ValueError(f"{op}: tokens must lie in [0, vocab_size={self.vocab_size}), got min {arr.min()} "
-                             f"and max {arr.max()}")
+        lo, hi = int_range(arr) if arr.size else (0, 0)
+        if lo < 0 or hi >= self.vocab_size:
+            raise ValueError(f"{op}: tokens must lie in [0, vocab_size={self.vocab_size}), got min {lo} and max {hi}")
         return arr.astype(np.int64, copy=False)
 
     def _attend(self, prepared: DecoderPrepared, tokens: np.ndarray, state: DecoderState, rows: np.ndarray):

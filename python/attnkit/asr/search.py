@@ -317,13 +317,13 @@ def greedy_search(decoder: RNNDecoder, enc, lengths=None, *, maxlenratio: float 
         yseq = np.concatenate([yseq, tok[:, None]], axis=1)
         forced = maxlen[active] - 1 == i
         done = (tok == eos) | forced
+        if not done.any():  # every row goes on as it is: no reorder (~15% of a greedy step)
+            state, parents = new_state, None
+            continue
         for m in np.flatnonzero(done):
             y = np.append(yseq[m], eos) if forced[m] else yseq[m]
             results[keep[active[m]]] = _hypothesis(y, score[m] + (i + 1) * opts.penalty, eos, int(lens[active[m]]),
                                                    *alignment.trace(i, m))
-        if not done.any():  # every row goes on as it is: no reorder (~15% of a greedy step)
-            state, parents = new_state, None
-            continue
         stay = np.flatnonzero(~done)
         if stay.size == 0:
             break

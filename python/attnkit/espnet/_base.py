@@ -15,7 +15,8 @@ from typing import Any, ClassVar, Mapping, NamedTuple
 
 import numpy as np
 
-from attnkit._arrays import c_aligned, describe, host_float_array, is_device_array, lengths_array, positive_scalar
+from attnkit._arrays import (c_aligned, describe, host_float_array, int_range, is_device_array, lengths_array,
+                             positive_scalar)
 from attnkit._core import UnsupportedError
 from attnkit._linear import PackedWeight, linear
 from attnkit.espnet._device import DeviceStep, prepare_on_device, to_device_like
@@ -396,9 +397,7 @@ class EspnetAttention:
         if arr.dtype.kind not in "iu" or arr.ndim != 1 or arr.shape[0] == 0:
             raise TypeError(f"{op}: rows must be a non-empty 1-D integer array [N], got {describe(rows)}")
         arr = c_aligned(arr.astype(np.int64, copy=False))  # as the kernels read it
-        # A beam's few rows through Python's min/max: a NumPy reduction costs ~1.3 us each.
-        vals = arr.tolist() if arr.shape[0] <= 256 else (arr.min(), arr.max())
-        lo, hi = min(vals), max(vals)
+        lo, hi = int_range(arr)
         if lo < 0 or hi >= batch:
             raise ValueError(f"{op}: rows must lie in [0, B={batch}), got min {lo} and max {hi}")
         return arr
