@@ -142,9 +142,9 @@ def main(argv=None) -> int:
     cases += [("beam", 10, 1), ("batch-beam", 10, args.batch)]
     rows = []
     for mode, beam, batch in cases:
-        runners = [attnkit_runner(rec.model, mode, beam, batch, xp, args.ctc_weight)]
-        runners += [r for r in [torch_runner(rec.model, mode, beam, batch, args.device, args.ctc_weight)] if r]
-        results = timed(runners, feats, args.repeats)
+        ours = attnkit_runner(rec.model, mode, beam, batch, xp, args.ctc_weight)
+        theirs = torch_runner(rec.model, mode, beam, batch, args.device, args.ctc_weight)
+        results = timed([ours] if theirs is None else [ours, theirs], feats, args.repeats)
         t_ak, all_ak, out_ak = results[0]
         row = {"search": mode, "beam": beam, "batch": batch, "utterances": len(feats), "audio_seconds": audio_seconds,
                "attnkit_s": t_ak, "attnkit_rtf": t_ak / audio_seconds, "attnkit_utt_per_s": len(feats) / t_ak,
