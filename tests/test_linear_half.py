@@ -3,7 +3,8 @@
 A float32 weight whose values are all float16 values (a model stored in float16) keeps its panels
 in float16 and the kernel widens them as it loads them. The results must be bit for bit those of
 the float32 panels, on every ISA (F16C's conversion on AVX2, integer field arithmetic on the
-portable and wide16 builds), at any thread count, in the recurrent layers too.
+portable and wide16 builds, which only take half panels when asked: half=True), at any thread
+count, in the recurrent layers too.
 """
 import numpy as np
 import pytest
@@ -25,24 +26,32 @@ def half_exact(rng, shape) -> np.ndarray:
     return w
 
 
+def hardware_half() -> bool:
+    return attnkit.get_cpu_isa() in ("avx2", "avx512")
+
+
 def both(w: np.ndarray) -> tuple[PackedWeight, PackedWeight]:
-    half, full = PackedWeight(w), PackedWeight(w, allow_half=False)
+    half, full = PackedWeight(w, half=True), PackedWeight(w, half=False)
     assert half.half and half.panels.dtype == np.float16
     assert not full.half and full.panels.dtype == np.float32
     return half, full
 
 
-def test_half_panels_only_when_exact(rng):
+def test_half_panels_only_when_exact(isa, rng):
     w = half_exact(rng, (20, 7))
-    assert PackedWeight(w).half
-    assert "stored as float16" in repr(PackedWeight(w))
-    assert PackedWeight(np.array([[np.inf, -np.inf, 1.0]], np.float32)).half  # infinities convert exactly
+    assert PackedWeight(w).half == hardware_half()  # by default only where F16C widens them
+    assert "stored as float16" in repr(PackedWeight(w, half=True))
+    assert PackedWeight(np.array([[np.inf, -np.inf, 1.0]], np.float32), half=True).half  # exact too
     for bad in (np.float32(1 / 3), np.float32(2.0**-25), np.float32(65520.0), np.float32(np.nan)):
         v = w.copy()
         v[3, 4] = bad
         assert not PackedWeight(v).half, bad
+        with pytest.raises(ValueError, match="half=True needs a float32 weight of float16 values"):
+            PackedWeight(v, half=True)
     assert not PackedWeight(w.astype(np.float64)).half  # float64 models keep float64 panels
-    assert not PackedWeight(w, allow_half=False).half
+    with pytest.raises(ValueError, match="got float64 values"):
+        PackedWeight(w.astype(np.float64), half=True)
+    assert not PackedWeight(w, half=False).half
     for packed in both(w):
         unpacked = packed.unpacked()
         assert unpacked.dtype == np.float32 and np.array_equal(unpacked, w)
@@ -115,8 +124,9 @@ def test_half_panels_need_float32_inputs(rng):
 
 
 def test_float16_model_decodes_as_with_float32_panels():
-    """The bundled model is stored in float16: loaded as float32, its packed weights go half, and
-    greedy decoding gives the same tokens and the same score bits as with float32 panels."""
+    """The bundled model is stored in float16: loaded as float32 on an ISA with F16C, its packed
+    weights go half, and greedy decoding gives the same tokens and the same score bits as with
+    float32 panels."""
     pytest.importorskip("safetensors")
     import gc
 
@@ -130,17 +140,16 @@ def test_float16_model_decodes_as_with_float32_panels():
     rng = np.random.default_rng(0)
     feats = rng.standard_normal((2, 120, 80)).astype(np.float32)
     runs = []
-    for allow_half in (True, False):
+    for float16_panels in (True, False):
         model = AsrModel.load(BUNDLED_MODEL, dtype=np.float32)
         enc, lens = model.encode(feats, [120, 97])
         greedy_search(model.decoder, enc[:1], lens[:1])  # the attention packs its weights at its first step
         mine = [o for o in packed_weights() if id(o) not in before]
         before |= {id(o) for o in mine}
-        assert mine and all(o.half for o in mine)
-        if not allow_half:
-            for o in mine:
-                o.panels, o.half = np.ascontiguousarray(o.panels, np.float32), False
-            enc, lens = model.encode(feats, [120, 97])
+        assert mine and all(o.half == hardware_half() for o in mine)
+        for o in mine:  # one model's panels all float16, the other's all float32
+            o.panels, o.half = np.ascontiguousarray(o.panels, np.float16 if float16_panels else np.float32), float16_panels
+        enc, lens = model.encode(feats, [120, 97])
         runs.append((enc, greedy_search(model.decoder, enc, lens)))
     (enc_h, hyps_h), (enc_f, hyps_f) = runs
     assert np.array_equal(enc_h, enc_f)

@@ -75,7 +75,7 @@ def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     # attnkit's own GEMM on the weight packed for this call (~0.2 ms for d_model 256) rather
     # than NumPy's BLAS, whose threads keep spinning beside attnkit's pool: B=8 T=512 E=256 H=4
     # at 2 threads, 36-46 ms with `@`, 31 ms with this (benchmarks/NOTES.md).
-    return linear(x, PackedWeight(w, allow_half=False), b)  # packed per call: no exactness scan
+    return linear(x, PackedWeight(w, half=False), b)  # packed per call: no exactness scan
 
 
 def multi_head_attention(
