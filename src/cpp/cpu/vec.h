@@ -97,7 +97,6 @@ inline Vec<float> load_half(const uint16_t* p) {
 #endif
 }
 
-
 template <typename T> inline Vec<T> vmax(Vec<T> a, Vec<T> b) { return a > b ? a : b; }
 template <typename T> inline T hsum(Vec<T> v) {
   T s = 0;
