@@ -182,8 +182,10 @@ def test_kernel_errors_name_the_argument(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-# Tiles: one row x W outputs (N = 1, or a last block of one row: N = 17), two rows x W/2.
-@pytest.mark.parametrize("N,K,A", [(1, 1, 1), (1, 19, 45), (3, 7, 5), (10, 320, 320), (17, 9, 37), (41, 33, 130)])
+# Tiles: one row x W outputs (N = 1, or a last block of one row: N = 17), two rows x W/2. From
+# 4 units of 48 rows per thread a packed product's tasks are row units x all outputs (N = 250, 1001).
+@pytest.mark.parametrize("N,K,A", [(1, 1, 1), (1, 19, 45), (3, 7, 5), (10, 320, 320), (17, 9, 37), (41, 33, 130),
+                                   (250, 21, 70), (1001, 13, 37)])
 @pytest.mark.parametrize("packed", [False, True])
 def test_step_linear_matches_numpy(isa, rng, dtype, N, K, A, packed):
     from attnkit._linear import PackedWeight, linear

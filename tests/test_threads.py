@@ -143,8 +143,9 @@ def test_kernels_release_the_gil(threads, kernel):
 
 @pytest.mark.parametrize("packed", [False, True])
 # A = 32: one chunk of outputs, so the rows are cut across threads (blocks of 48 rows); A = 200:
-# chunks only.
-@pytest.mark.parametrize("N,A", [(1000, 32), (97, 20), (300, 200)])
+# chunks only unpacked; packed, tasks of 48 rows x all outputs from 4 such units per thread (N =
+# 300: at 1 thread only; N = 1001: at 1-5 threads).
+@pytest.mark.parametrize("N,A", [(1000, 32), (97, 20), (300, 200), (1001, 70)])
 def test_linear_bits_do_not_depend_on_the_thread_count(threads, packed, N, A):
     from attnkit._linear import PackedWeight, linear
 

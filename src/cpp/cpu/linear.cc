@@ -170,17 +170,29 @@ void linear(const LinearParams& p) {
   // With fewer than two chunks per thread (a convolution's 32 output channels), the rows are cut
   // too, in blocks of a multiple of 48 rows: 48 is a multiple of every row tile (16 in rows(), 3, 6
   // or 12 in packed()), so each row meets the same tiles, and gets the same bits, at any thread
-  // count. Cutting the rows always was slower at 2 threads (NOTES.md, Linear layer 6).
+  // count.
   constexpr int64_t kRowUnit = 48;
+  // From this many row units per thread the tasks are row units (below it they split unevenly
+  // over the threads, 160 rows as 96 + 64 on 2, which made a decoder step's products slower:
+  // NOTES.md, Linear layer 6).
+  constexpr int64_t kRowTaskUnits = 4;
   const int64_t threads = num_threads();
   const int64_t row_units = (p.N + kRowUnit - 1) / kRowUnit;
   const int64_t row_blocks =
       !parallel || chunks >= 2 * threads ? 1 : std::min(row_units, (2 * threads + chunks - 1) / chunks);
   const int64_t block_rows = (row_units + row_blocks - 1) / row_blocks * kRowUnit;
+  // Many rows on packed panels: each task is one unit of rows x all outputs, panel by panel, so
+  // that the unit's x (48 KiB at K = 256) stays in L2 while the panels pass; chunk tasks read all
+  // of x once per panel, from L3 when it does not fit L2. [4096, 256] x [256, 768] (multi-head
+  // attention's in-projection): 1.13x at 1 thread, 1.15x at 2 (NOTES.md, Linear layer 11).
+  const bool row_tasks = p.packed && parallel && row_units >= kRowTaskUnits * threads;
+  const int64_t tasks = row_tasks ? row_units : chunks * row_blocks;
   auto run = [&](int64_t, int64_t begin, int64_t end) {
     for (int64_t u = begin; u < end; ++u) {
-      const int64_t c = u / row_blocks, r0 = u % row_blocks * block_rows;
-      const int64_t a0 = c * kChunk, a1 = std::min(p.A, a0 + kChunk), r1 = std::min(p.N, r0 + block_rows);
+      const int64_t c = row_tasks ? 0 : u / row_blocks;
+      const int64_t r0 = row_tasks ? u * kRowUnit : u % row_blocks * block_rows;
+      const int64_t a0 = c * kChunk, a1 = row_tasks ? p.A : std::min(p.A, a0 + kChunk);
+      const int64_t r1 = std::min(p.N, r0 + (row_tasks ? kRowUnit : block_rows));
       if (r0 >= r1) continue;
       if (p.dtype == DType::f32 && p.half_panels)
         LinearKernel<float, uint16_t>{p}.packed(a0, a1, r0, r1);
@@ -191,9 +203,9 @@ void linear(const LinearParams& p) {
     }
   };
   if (parallel)
-    parallel_for(chunks * row_blocks, run);
+    parallel_for(tasks, run);
   else
-    run(0, 0, chunks * row_blocks);
+    run(0, 0, tasks);
 }
 
 }  // namespace attnkit::cpu::ATTNKIT_ISA
