@@ -9,6 +9,7 @@ def sdpa(q, k, v, *, key_lengths=None, mask=None, causal=False, scale=None):
 
     q [..., Tq, D], k [..., Tk, D], v [..., Tk, Dv] with leading axes (B[, H]). Masked scores
     are dropped from the softmax; a row with nothing left gets zero weights and a zero output.
+    ``causal`` is False, True (= "upper_left") or "lower_right".
     Returns (out [..., Tq, Dv], weights [..., Tq, Tk]).
     """
     q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
@@ -20,8 +21,8 @@ def sdpa(q, k, v, *, key_lengths=None, mask=None, causal=False, scale=None):
     if key_lengths is not None:
         lens = np.asarray(key_lengths).reshape((-1,) + (1,) * (s.ndim - 1))
         keep &= np.arange(tk) < lens
-    if causal:
-        keep &= np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq)
+    if causal:  # True / "upper_left": j <= i (PyTorch's is_causal); "lower_right": j <= i + tk - tq
+        keep &= np.arange(tk)[None, :] <= np.arange(tq)[:, None] + (tk - tq if causal == "lower_right" else 0)
     if mask is not None:
         mask = np.asarray(mask)
         if mask.dtype == np.bool_:

@@ -49,7 +49,8 @@ def test_float32_matches_reference_and_cpu(shape):
     v = rng.standard_normal((B, H, Tk, Dv), np.float32)
     lengths = rng.integers(0, Tk + 1, B)
     lengths[0] = Tk
-    for kw in ({}, {"key_lengths": lengths}, {"causal": True}, {"causal": True, "key_lengths": lengths}):
+    for kw in ({}, {"key_lengths": lengths}, {"causal": True}, {"causal": True, "key_lengths": lengths},
+               {"causal": "lower_right", "key_lengths": lengths}):
         out, w = sdpa(cp.asarray(q), cp.asarray(k), cp.asarray(v), return_weights=True, **kw)
         assert isinstance(out, cp.ndarray) and out.dtype == cp.float32 and out.shape == (B, H, Tq, Dv)
         ref, ref_w = ref_sdpa(q, k, v, **kw)
@@ -80,8 +81,8 @@ def test_masks_broadcast(mask_shape, kind):
 def test_three_d_inputs_and_rows_with_no_key_give_zeros():
     rng = np.random.default_rng(3)
     q, k, v = (rng.standard_normal(s, np.float32) for s in ((3, 40, 16), (3, 10, 16), (3, 10, 12)))
-    out, w = sdpa(*map(cp.asarray, (q, k, v)), key_lengths=[10, 0, 4], causal=True, return_weights=True)
-    ref, ref_w = ref_sdpa(q, k, v, key_lengths=[10, 0, 4], causal=True)
+    out, w = sdpa(*map(cp.asarray, (q, k, v)), key_lengths=[10, 0, 4], causal="lower_right", return_weights=True)
+    ref, ref_w = ref_sdpa(q, k, v, key_lengths=[10, 0, 4], causal="lower_right")
     assert out.shape == (3, 40, 12) and w.shape == (3, 40, 10)
     close(out.get(), ref, TOL32, "3-D out")
     close(w.get(), ref_w, TOL32, "3-D weights")

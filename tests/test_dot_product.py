@@ -47,23 +47,52 @@ def test_few_query_rows_match_reference(isa, rng, Tq):
                       (65, 24, 9), (130, 80, 130)]:
         for dtype in (np.float32, np.float64):
             q, k, v = make(rng, (2, 2, Tq, D), dtype), make(rng, (2, 2, Tk, D), dtype), make(rng, (2, 2, Tk, Dv), dtype)
-            for kw in ({}, {"key_lengths": [max(1, Tk - 3), Tk]}, {"causal": True}):
+            for kw in ({}, {"key_lengths": [max(1, Tk - 3), Tk]}, {"causal": True}, {"causal": "lower_right"}):
                 out, w = sdpa(q, k, v, return_weights=True, **kw)
                 ref, ref_w = ref_sdpa(q, k, v, **kw)
                 assert_close(out, ref, dtype, f"out Tq={Tq} Tk={Tk} D={D} Dv={Dv} {kw}")
                 assert_close(w, ref_w, dtype, f"weights Tq={Tq} Tk={Tk} {kw}")
 
 
-@pytest.mark.parametrize("Tq,Tk", [(1, 1), (1, 300), (2, 40), (7, 7), (60, 60), (20, 150), (130, 70), (49, 1)])
-def test_causal_aligns_last_query_with_last_key(isa, rng, Tq, Tk):
+CAUSAL_SHAPES = [(1, 1), (1, 300), (2, 40), (7, 7), (60, 60), (20, 150), (130, 70), (49, 1)]
+
+
+@pytest.mark.parametrize("Tq,Tk", CAUSAL_SHAPES)
+@pytest.mark.parametrize("causal", [True, "upper_left", "lower_right"])
+def test_causal_variants_match_reference(isa, rng, Tq, Tk, causal):
     q, k, v = make(rng, (2, 2, Tq, 16), np.float64), make(rng, (2, 2, Tk, 16), np.float64), make(rng, (2, 2, Tk, 9), np.float64)
     for kl in (None, [Tk, max(1, Tk // 2)]):
-        out, w = sdpa(q, k, v, causal=True, key_lengths=kl, return_weights=True)
-        ref, ref_w = ref_sdpa(q, k, v, causal=True, key_lengths=kl)
-        assert_close(out, ref, np.float64, "causal out")
-        assert_close(w, ref_w, np.float64, "causal weights")
-    if Tq > Tk:  # the first Tq - Tk queries see no key at all
+        out, w = sdpa(q, k, v, causal=causal, key_lengths=kl, return_weights=True)
+        ref, ref_w = ref_sdpa(q, k, v, causal=causal, key_lengths=kl)
+        assert_close(out, ref, np.float64, f"causal={causal!r} out")
+        assert_close(w, ref_w, np.float64, f"causal={causal!r} weights")
+    if causal == "lower_right" and Tq > Tk:  # the first Tq - Tk queries see no key at all
         assert np.all(out[:, :, : Tq - Tk] == 0)
+    if causal != "lower_right":  # query i sees keys 0..i, the first query key 0 alone
+        assert np.all(w[..., 0, 1:] == 0) and np.allclose(w[..., 0, 0], 1)
+
+
+@pytest.mark.parametrize("Tq,Tk", CAUSAL_SHAPES)
+def test_causal_matches_torch_is_causal(rng, Tq, Tk):
+    """causal=True is torch's is_causal (upper left), "lower_right" torch's causal_lower_right."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.attention.bias import causal_lower_right
+
+    q, k, v = make(rng, (2, 3, Tq, 16), np.float32), make(rng, (2, 3, Tk, 16), np.float32), make(rng, (2, 3, Tk, 9), np.float32)
+    qt, kt, vt = map(torch.from_numpy, (q, k, v))
+    want = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True).numpy()
+    np.testing.assert_allclose(sdpa(q, k, v, causal=True), want, rtol=0, atol=2e-6)
+    if Tq <= Tk:  # torch gives NaN to the queries that see no key; attnkit gives zeros
+        lower_right = causal_lower_right(Tq, Tk)
+        want = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, attn_mask=lower_right).numpy()
+        np.testing.assert_allclose(sdpa(q, k, v, causal="lower_right"), want, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("causal", ["yes", "upper-left", 1, np.array([True, False])])
+def test_causal_rejects_other_values(rng, causal):
+    q = make(rng, (1, 1, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="causal must be False, True .* or 'lower_right', got"):
+        sdpa(q, q, q, causal=causal)
 
 
 @pytest.mark.parametrize("mask_shape", [(19,), (6, 19), (2, 1, 1, 19), (2, 3, 6, 19), (1, 3, 1, 1)])

@@ -79,10 +79,10 @@ def test_private_core_rechecks_what_kernels_rely_on(qkv):
     q, k, v = qkv
     out = np.empty((2, 3, 4, 5), np.float32)
     with pytest.raises(ValueError, match="v must be"):
-        _core.sdpa(q, k, v[:, :, :3], out, None, None, None, False, 1.0)
+        _core.sdpa(q, k, v[:, :, :3], out, None, None, None, False, 0, 1.0)
     with pytest.raises(ValueError, match="key_lengths must lie in"):
-        _core.sdpa(q, k, v, out, None, np.array([9, 1]), None, False, 1.0)
+        _core.sdpa(q, k, v, out, None, np.array([9, 1]), None, False, 0, 1.0)
     with pytest.raises(ValueError, match="scale must be a finite number"):
-        _core.sdpa(q, k, v, out, None, None, None, False, float("nan"))
+        _core.sdpa(q, k, v, out, None, None, None, False, 0, float("nan"))
     with pytest.raises(TypeError, match="share one dtype"):
-        _core.sdpa(q, k.astype(np.float64), v, out, None, None, None, False, 1.0)
+        _core.sdpa(q, k.astype(np.float64), v, out, None, None, None, False, 0, 1.0)

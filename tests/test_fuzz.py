@@ -132,7 +132,7 @@ def sdpa_cases(draw):
     q = draw(laid_out(lead + (D_,), dtype))
     k = draw(laid_out(klead + (D_,), dtype))
     v = draw(laid_out(klead + (Dv,), dtype))
-    kw = {"causal": draw(st.booleans()), "return_weights": draw(st.booleans())}
+    kw = {"causal": draw(st.sampled_from([False, True, "lower_right"])), "return_weights": draw(st.booleans())}
     if draw(st.booleans()):
         lengths = draw(st.lists(st.integers(0, Tk), min_size=B, max_size=B))
         kind = draw(st.sampled_from(["list", "int64", "int32", "uint16", "stepped"]))
@@ -319,7 +319,7 @@ def mha_cases(draw):
     self_attention = layout == "torch" and Tq == Tk and draw(st.booleans())
     key = query if self_attention else draw(laid_out((B, Tk, Ek), dtype))
     value = query if self_attention else draw(laid_out((B, Tk, Ev), dtype))
-    kw = {"num_heads": H, "causal": draw(st.booleans())}
+    kw = {"num_heads": H, "causal": draw(st.sampled_from([False, True, "lower_right"]))}
     if draw(st.booleans()):
         kw["key_lengths"] = np.array(draw(st.lists(st.integers(0, Tk), min_size=B, max_size=B)))
     return query, key, value, params, flat, kw

@@ -39,12 +39,25 @@ def call(q, k, v, **kw):
     return sdpa(q, k, v, return_weights=True, **kw)
 
 
+CAUSAL = [False, True, "lower_right"]
+
+
+def causal_offset(shape, causal):
+    """Query i sees keys j <= i + offset under ``causal`` (True: PyTorch's is_causal)."""
+    return shape[3] - shape[2] if causal == "lower_right" else 0
+
+
 def sees(shape, lengths, causal):
     """visible[b, i, j]: query i of batch entry b sees key j."""
     B, H, Tq, Tk = shape
     j, i = np.arange(Tk)[None, None, :], np.arange(Tq)[None, :, None]
     visible = j < np.asarray(lengths)[:, None, None]
-    return visible & (j <= i + Tk - Tq) if causal else np.broadcast_to(visible, (B, Tq, Tk))
+    return visible & (j <= i + causal_offset(shape, causal)) if causal else np.broadcast_to(visible, (B, Tq, Tk))
+
+
+def later_key(shape, causal):
+    """A key that, under causality, the later half of the queries sees and the earlier does not."""
+    return min(causal_offset(shape, causal) + shape[2] // 2, shape[3] - 1) if causal else shape[3] - 1
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -83,7 +96,8 @@ def test_all_masked_queries_get_zeros_whatever_the_inputs_hold(isa, shape, dtype
     out, w = call(q, k, v, mask=additive)
     assert not out[:, :, 0].any() and not w[:, :, 0].any()
     if Tq > 1:
-        out, w = call(q, k[:, :, : Tq - 1], v[:, :, : Tq - 1], causal=True)  # Tq > Tk: query 0 sees nothing
+        # Tq > Tk, last query aligned with the last key: query 0 sees nothing
+        out, w = call(q, k[:, :, : Tq - 1], v[:, :, : Tq - 1], causal="lower_right")
         assert not out[:, :, 0].any() and not w[:, :, 0].any()
 
 
@@ -94,7 +108,7 @@ def split_rows(got, want, bad):
     return got[bad]
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal", CAUSAL)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_nan_in_a_query_makes_its_row_nan(isa, shape, dtype, causal):
@@ -113,7 +127,7 @@ def test_nan_in_a_query_makes_its_row_nan(isa, shape, dtype, causal):
     assert np.isnan(row[visible]).all() and not row[~visible].any()
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal", CAUSAL)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_nan_in_a_key_reaches_exactly_the_rows_that_see_it(isa, shape, dtype, causal):
@@ -121,7 +135,7 @@ def test_nan_in_a_key_reaches_exactly_the_rows_that_see_it(isa, shape, dtype, ca
     q, k, v = inputs(shape, dtype, seed=2)
     lengths = [Tk] * B
     clean = call(q, k, v, key_lengths=lengths, causal=causal)
-    j = Tk - Tq // 2 - 1  # seen by the later queries only when causal
+    j = later_key(shape, causal)
     k[0, 0, j, 3] = np.nan
     out, w = call(q, k, v, key_lengths=lengths, causal=causal)
     bad = np.zeros((B, H, Tq), bool)
@@ -131,14 +145,14 @@ def test_nan_in_a_key_reaches_exactly_the_rows_that_see_it(isa, shape, dtype, ca
     assert np.isnan(split_rows(w, clean[1], bad)[:, j]).all()
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal", CAUSAL)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_nan_in_a_value_reaches_its_column_in_its_head_only(isa, shape, dtype, causal):
     B, H, Tq, Tk = shape
     q, k, v = inputs(shape, dtype, seed=3)
     clean_out, clean_w = call(q, k, v, causal=causal)
-    j, e = Tk - Tq // 2 - 1, 4
+    j, e = later_key(shape, causal), 4
     v[0, 0, j, e] = np.nan
     out, w = call(q, k, v, causal=causal)
     np.testing.assert_array_equal(w, clean_w)  # weights never read V

@@ -31,6 +31,15 @@ def _mask_4d(mask, q_ndim: int, full: tuple[int, int, int, int], dtype: np.dtype
     return mask
 
 
+def _causal_offset(causal, Tq: int, Tk: int) -> int | None:
+    """``causal`` as the kernels' offset: query i sees keys ``j <= i + offset`` (None: not causal)."""
+    if causal is None or isinstance(causal, (bool, np.bool_)):
+        return 0 if causal else None
+    if isinstance(causal, str) and causal in ("upper_left", "lower_right"):
+        return 0 if causal == "upper_left" else Tk - Tq
+    raise ValueError(f"{_OP}: causal must be False, True (= 'upper_left') or 'lower_right', got {causal!r}")
+
+
 def _lengths(key_lengths) -> np.ndarray:
     """key_lengths as an int64 array (range and shape are checked in C++)."""
     arr = np.asarray(key_lengths)
@@ -46,7 +55,7 @@ def scaled_dot_product_attention(
     *,
     key_lengths=None,
     mask=None,
-    causal: bool = False,
+    causal: bool | str = False,
     scale: float | None = None,
     return_weights: bool = False,
     out=None,
@@ -64,9 +73,11 @@ def scaled_dot_product_attention(
     - ``key_lengths`` ``[B]`` integers: keys ``j >= key_lengths[b]`` are ignored (padding).
     - ``mask`` broadcastable to ``[B, H, Tq, Tk]`` (``[B, Tq, Tk]`` for 3-D inputs): bool with
       True = attend, or float, added to the scaled scores (use ``-inf`` to mask).
-    - ``causal``: query ``i`` sees keys ``j <= i + (Tk - Tq)``, i.e. the last query is aligned with
-      the last key (the convention of decoding with a key cache). With ``Tq > Tk`` the first
-      ``Tq - Tk`` queries see no key.
+    - ``causal``: ``True`` (or ``"upper_left"``) is PyTorch's ``is_causal``: query ``i`` sees keys
+      ``j <= i``, the first query aligned with the first key. ``"lower_right"`` aligns the last
+      query with the last key instead, ``j <= i + (Tk - Tq)`` (FlashAttention's convention, and
+      decoding with a key cache); with ``Tq > Tk`` its first ``Tq - Tk`` queries see no key. With
+      ``Tq == Tk`` the two are the same.
 
     A query whose keys are all masked gets an output of zeros (and zero weights), never NaN.
     ``scale`` defaults to ``1/sqrt(D)``. ``out`` (q's shape with Dv as last axis, q's dtype) is
@@ -96,6 +107,8 @@ def scaled_dot_product_attention(
         q, k, v = q[:, None], k[:, None], v[:, None]
     if scale is not None:
         scale = positive_scalar(_OP, "scale", scale)
+    offset = None if causal is False else _causal_offset(causal, q.shape[-2] if q.ndim > 1 else 0,
+                                                          k.shape[-2] if k.ndim > 1 else 0)
     if key_lengths is not None:
         key_lengths = _lengths(key_lengths)
     if mask is not None and q.ndim == 4 and k.ndim == 4:
@@ -109,7 +122,7 @@ def scaled_dot_product_attention(
         out_view = out[:, None] if three_d and out.ndim == 3 else out
     weights = np.empty(q.shape[:-1] + k.shape[-2:-1], dtype=q.dtype) if return_weights else None
 
-    _core.sdpa(q, k, v, out_view, weights, key_lengths, mask, bool(causal), scale or 0.0, three_d)
+    _core.sdpa(q, k, v, out_view, weights, key_lengths, mask, offset is not None, offset or 0, scale or 0.0, three_d)
     if three_d:
         if out.ndim == 4:
             out = out[:, 0]
@@ -146,6 +159,7 @@ def _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, return_weights, out, st
         raise ValueError(f"{_OP}: v must be {lead} with the leading axes of k {ks}, got {vs}")
     if scale is not None:
         scale = positive_scalar(_OP, "scale", scale)
+    offset = _causal_offset(causal, qs[-2], ks[-2])
     three_d = q.ndim == 3
     out_shape = qs[:-1] + vs[-1:]
     if out is not None:
@@ -192,5 +206,5 @@ def _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, return_weights, out, st
         weights = lib.empty(qs[:-1] + ks[-2:-1], q) if return_weights else None
         weights4 = weights[:, None] if weights is not None and three_d else weights
         _core.sdpa_cuda(*map(call.capsule, (q4, k4, v4, out4, weights4, lengths, mask4)),
-                        bool(causal), scale or 0.0, call.stream)
+                        offset is not None, offset or 0, scale or 0.0, call.stream)
     return (out, weights) if return_weights else out

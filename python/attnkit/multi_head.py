@@ -87,7 +87,7 @@ def multi_head_attention(
     num_heads: int,
     key_lengths=None,
     mask=None,
-    causal: bool = False,
+    causal: bool | str = False,
     scale: float | None = None,
     return_weights: bool = False,
 ):

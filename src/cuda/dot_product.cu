@@ -111,7 +111,7 @@ __device__ void tile_scores(const SdpaParams& p, const Head<T>& hd, const float*
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
     const int64_t i = row0 + r;
-    bool keep = i < p.Tq && j < hd.key_end && !(p.causal && j > i + (p.Tk - p.Tq));
+    bool keep = i < p.Tq && j < hd.key_end && !(p.causal && j > i + p.causal_offset);
     if (keep && p.mask_kind != MaskKind::none) {
       const int64_t at = hd.b * p.mask_stride[0] + hd.h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3];
       if (p.mask_kind == MaskKind::keep_bool)
@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kWarps * 32) sdpa_kernel(const SdpaParams p, c
   int64_t key_end = valid_keys;
   if (p.causal) {
     const int64_t last = min64(i0 + kBlockRows, p.Tq) - 1;
-    key_end = min64(key_end, max64(last + (p.Tk - p.Tq) + 1, 0));
+    key_end = min64(key_end, max64(last + p.causal_offset + 1, 0));
   }
   hd.key_end = key_end;
   const float* qw = qs + warp * kRowsPerWarp * Dp;
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(kWarps * 32) sdpa_kernel(const SdpaParams p, c
       if (i >= p.Tq || j >= p.Tk) continue;
       // Keys past the row's own limit (its length, causality) weigh 0, as on the CPU, even in a
       // row whose NaN scores make every other weight NaN.
-      const bool past = j >= valid_keys || (p.causal && j > i + (p.Tk - p.Tq));
+      const bool past = j >= valid_keys || (p.causal && j > i + p.causal_offset);
       float w = 0.f;
       if (scored && !past) w = exp2f(s[r] - (row_max[r] == -INFINITY ? 0.f : row_max[r])) * inv_sum[r];
       T* wrow = static_cast<T*>(p.weights) + hd.b * p.w_stride[0] + hd.h * p.w_stride[1] + i * p.w_stride[2];

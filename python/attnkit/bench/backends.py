@@ -128,7 +128,7 @@ def numpy_sdpa(q, k, v, key_lengths=None, causal=False, scale=None, xp=np):
     if key_lengths is not None:
         keep = xp.arange(Tk) < xp.asarray(key_lengths)[:, None, None, None]  # [B, 1, 1, Tk]
     if causal:
-        c = xp.arange(Tk)[None, :] <= xp.arange(Tq)[:, None] + (Tk - Tq)  # [Tq, Tk]
+        c = xp.arange(Tk)[None, :] <= xp.arange(Tq)[:, None]  # [Tq, Tk]: PyTorch's is_causal
         keep = c if keep is None else keep & c
     if keep is not None:
         s = xp.where(keep, s, -xp.inf).astype(s.dtype, copy=False)
@@ -246,15 +246,15 @@ class TorchCPU(Backend):
 
     @staticmethod
     def _sdpa_mask(torch, case, key_lengths):
-        """torch's is_causal aligns the first query with the first key; attnkit aligns the last
-        with the last. They agree when Tq == Tk; otherwise (or with lengths) build a mask."""
-        if key_lengths is None and (not case.causal or case.Tq == case.Tk):
+        """is_causal alone where it says everything (attnkit's causal=True is torch's is_causal);
+        with key lengths, one bool mask of both."""
+        if key_lengths is None:
             return None, case.causal
         keep = torch.ones(case.B, 1, case.Tq, case.Tk, dtype=torch.bool)
         if key_lengths is not None:
             keep &= (torch.arange(case.Tk)[None, :] < torch.from_numpy(key_lengths)[:, None])[:, None, None, :]
         if case.causal:
-            keep &= torch.arange(case.Tk)[None, :] <= torch.arange(case.Tq)[:, None] + (case.Tk - case.Tq)
+            keep &= torch.arange(case.Tk)[None, :] <= torch.arange(case.Tq)[:, None]
         return keep, False
 
 
@@ -322,8 +322,8 @@ class OnnxRuntimeCPU(Backend):
                 keep = np.ones((case.B, 1, case.Tq, case.Tk), bool)
                 if c["key_lengths"] is not None:
                     keep &= (np.arange(case.Tk)[None, :] < c["key_lengths"][:, None])[:, None, None, :]
-                if case.causal:  # attnkit's convention: the last query aligned with the last key
-                    keep &= np.arange(case.Tk)[None, :] <= np.arange(case.Tq)[:, None] + (case.Tk - case.Tq)
+                if case.causal:  # query i sees keys j <= i, as torch's is_causal and attnkit's causal=True
+                    keep &= np.arange(case.Tk)[None, :] <= np.arange(case.Tq)[:, None]
                 feeds["mask"] = np.where(keep, 0.0, -np.inf).astype(np.float32)
             calls.append(lambda f=feeds: session.run(None, f))
         return calls

@@ -186,8 +186,8 @@ class Case(Workload):
         lens = np.full(self.B, self.Tk, np.int64) if lens is None else lens
         if not self.causal:
             return int(self.Tq * lens.sum())
-        # causal, last query aligned with the last key: query i sees keys j <= i + Tk - Tq
-        limit = np.clip(np.arange(self.Tq) + self.Tk - self.Tq + 1, 0, self.Tk)
+        # causal (PyTorch's is_causal, as attnkit's causal=True): query i sees keys j <= i
+        limit = np.clip(np.arange(self.Tq) + 1, 0, self.Tk)
         return int(np.minimum(limit[None, :], lens[:, None]).sum())
 
     def flops(self) -> int:

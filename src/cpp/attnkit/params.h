@@ -40,8 +40,10 @@ struct SdpaParams {
   MaskKind mask_kind = MaskKind::none;
   const void* mask = nullptr;
   int64_t mask_stride[4] = {};
-  // Causal: query i sees keys j <= i + (Tk - Tq), so the last query is aligned with the last key.
+  // Causal: query i sees keys j <= i + causal_offset. 0 is PyTorch's is_causal (the first query
+  // aligned with the first key); Tk - Tq aligns the last query with the last key.
   bool causal = false;
+  int64_t causal_offset = 0;
   double scale = 1.0;
 };
 

@@ -100,7 +100,7 @@ void check_output(const HostArray& a, const char* name, const Shapes& s, Kind ki
 }
 
 void sdpa(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle out_obj, nb::handle weights_obj,
-          nb::handle lengths_obj, nb::handle mask_obj, bool causal, double scale, bool three_d) {
+          nb::handle lengths_obj, nb::handle mask_obj, bool causal, int64_t causal_offset, double scale, bool three_d) {
   const Shapes s{three_d};
   HostArray q(q_obj, kOp, "q"), k(k_obj, kOp, "k"), v(v_obj, kOp, "v");
   if (q.kind() != Kind::f32 && q.kind() != Kind::f64)
@@ -187,6 +187,7 @@ void sdpa(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle out_o
     p.mask = mask->data();
   }
   p.causal = causal;
+  p.causal_offset = causal_offset;
   // 0 stands for the default: the Python front door checks a scale the user gives.
   p.scale = scale == 0.0 ? 1.0 / std::sqrt(double(p.D)) : scale;
 
@@ -208,8 +209,8 @@ void sdpa(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle out_o
 
 void register_dot_product(nb::module_& m) {
   m.def("sdpa", &sdpa, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("weights").none(),
-        nb::arg("key_lengths").none(), nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale"),
-        nb::arg("three_d") = false, "Private kernel entry; use attnkit.scaled_dot_product_attention.");
+        nb::arg("key_lengths").none(), nb::arg("mask").none(), nb::arg("causal"), nb::arg("causal_offset"),
+        nb::arg("scale"), nb::arg("three_d") = false, "Private kernel entry; use attnkit.scaled_dot_product_attention.");
 }
 
 }  // namespace attnkit::bindings

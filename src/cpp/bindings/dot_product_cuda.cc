@@ -38,7 +38,8 @@ void strides3(const DeviceArray& a, int64_t s[3]) {
 
 void sdpa_cuda(nb::ndarray<> q_in, nb::ndarray<> k_in, nb::ndarray<> v_in, nb::ndarray<> out_in,
                std::optional<nb::ndarray<>> weights_in, std::optional<nb::ndarray<>> lengths_in,
-               std::optional<nb::ndarray<>> mask_in, bool causal, double scale, std::uintptr_t stream) {
+               std::optional<nb::ndarray<>> mask_in, bool causal, int64_t causal_offset, double scale,
+               std::uintptr_t stream) {
   const DeviceArray q(q_in, kOp, "q"), k(k_in, kOp, "k"), v(v_in, kOp, "v"), out(out_in, kOp, "out");
   std::optional<DeviceArray> weights, lengths, mask;
   if (weights_in) weights.emplace(*weights_in, kOp, "weights");
@@ -105,6 +106,7 @@ void sdpa_cuda(nb::ndarray<> q_in, nb::ndarray<> k_in, nb::ndarray<> v_in, nb::n
     p.mask = mask->data();
   }
   p.causal = causal;
+  p.causal_offset = causal_offset;
   p.scale = scale == 0.0 ? 1.0 / std::sqrt(double(p.D)) : scale;  // 0: the default, 1/sqrt(D)
 
   nb::gil_scoped_release release;
@@ -115,7 +117,8 @@ void sdpa_cuda(nb::ndarray<> q_in, nb::ndarray<> k_in, nb::ndarray<> v_in, nb::n
 
 void register_dot_product_cuda(nb::module_& m) {
   m.def("sdpa_cuda", &sdpa_cuda, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("weights").none(),
-        nb::arg("key_lengths").none(), nb::arg("mask").none(), nb::arg("causal"), nb::arg("scale"), nb::arg("stream"),
+        nb::arg("key_lengths").none(), nb::arg("mask").none(), nb::arg("causal"), nb::arg("causal_offset"), nb::arg("scale"),
+        nb::arg("stream"),
         "Private GPU kernel entry; use attnkit.scaled_dot_product_attention with CuPy arrays.");
 }
 

@@ -85,7 +85,7 @@ struct SdpaKernel {
   // Number of keys query row i may see: keys [0, limit) minus whatever the explicit mask drops.
   int64_t key_limit(int64_t b, int64_t i) const {
     int64_t lim = valid_keys(b);
-    if (p.causal) lim = std::min(lim, i + p.Tk - p.Tq + 1);
+    if (p.causal) lim = std::min(lim, i + p.causal_offset + 1);
     return std::max<int64_t>(lim, 0);
   }
 
