@@ -71,6 +71,36 @@ def test_matches_torch_multihead_attention(rng):
     np.testing.assert_allclose(w, ref_w.numpy(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_matches_torch_cross_attention_with_other_key_sizes_and_a_causal_mask(rng, bias):
+    """kdim/vdim != E (separate q/k/v weights), with and without biases; torch's bool attn_mask
+    is True = masked, attnkit's causal=True the same upper-left triangle as its is_causal."""
+    torch = pytest.importorskip("torch")
+    E, H, Tq, Tk = 24, 3, 7, 11
+    m = torch.nn.MultiheadAttention(E, H, bias=bias, kdim=10, vdim=6, batch_first=True).eval()
+    p = {n: t.detach().numpy() for n, t in m.state_dict().items()}
+    q = rng.standard_normal((2, Tq, E)).astype(np.float32)
+    k, v = rng.standard_normal((2, Tk, 10)).astype(np.float32), rng.standard_normal((2, Tk, 6)).astype(np.float32)
+    above = np.triu(np.ones((Tq, Tk), bool), 1)
+    with torch.inference_mode():
+        ref, _ = m(*map(torch.from_numpy, (q, k, v)), attn_mask=torch.from_numpy(above))
+    np.testing.assert_allclose(mha(q, k, v, p, num_heads=H, causal=True), ref.numpy(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["add_bias_kv", "espnet_rel_pos"])
+def test_variants_with_other_math_are_refused(rng, variant):
+    p = torch_layout(rng, 8, np.float32)
+    if variant == "add_bias_kv":
+        p["bias_k"], p["bias_v"] = np.zeros((1, 1, 8), np.float32), np.zeros((1, 1, 8), np.float32)
+        match = r"params hold \['bias_k', 'bias_v'\], weights of torch.nn.MultiheadAttention\(add_bias_kv=True\)"
+    else:
+        p["pos_bias_u"], p["linear_pos.weight"] = np.zeros((2, 4), np.float32), np.zeros((8, 8), np.float32)
+        match = r"params hold \['linear_pos.weight', 'pos_bias_u'\], weights of ESPnet's RelPositionMultiHeadedAttention"
+    x = rng.standard_normal((1, 3, 8)).astype(np.float32)
+    with pytest.raises(attnkit.UnsupportedError, match=match):
+        mha(x, x, x, p, num_heads=2)
+
+
 def test_bad_params_are_named(rng):
     x = rng.standard_normal((1, 3, 8)).astype(np.float32)
     with pytest.raises(ValueError, match="params must hold torch.nn.MultiheadAttention weights"):

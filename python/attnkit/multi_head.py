@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from attnkit._arrays import describe, host_float_array
+from attnkit._core import UnsupportedError
 from attnkit._linear import PackedWeight, linear
 from attnkit.dot_product import scaled_dot_product_attention
 
@@ -35,12 +36,27 @@ def _array(op: str, params: dict, key: str, dtype: np.dtype, shape: tuple[int, .
     return value.astype(dtype, copy=False)
 
 
+_OTHER_VARIANTS = {
+    "bias_k": "torch.nn.MultiheadAttention(add_bias_kv=True)",
+    "bias_v": "torch.nn.MultiheadAttention(add_bias_kv=True)",
+    "linear_pos.weight": "ESPnet's RelPositionMultiHeadedAttention",
+    "pos_bias_u": "ESPnet's RelPositionMultiHeadedAttention",
+    "pos_bias_v": "ESPnet's RelPositionMultiHeadedAttention",
+}
+
+
 def _projections(params: dict, e: int, ek: int, ev: int, dtype: np.dtype):
     """Returns ([(Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo)], packed), biases possibly None; packed is
     torch's (in_proj_weight, in_proj_bias) when given that way, else None."""
     if not isinstance(params, dict):
         raise TypeError(f"{_OP}: params must be a dict of arrays, got {describe(params)}")
     p = params
+    # Weights of variants whose math differs: computing plain attention without them would be a
+    # silently wrong answer.
+    other = sorted(set(p) & set(_OTHER_VARIANTS))
+    if other:
+        raise UnsupportedError(f"{_OP}: params hold {other}, weights of {_OTHER_VARIANTS[other[0]]}, which "
+                               f"attnkit does not implement")
     packed = None
     if "in_proj_weight" in p or "q_proj_weight" in p:
         if "in_proj_weight" in p:
