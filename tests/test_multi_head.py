@@ -71,6 +71,25 @@ def test_matches_torch_multihead_attention(rng):
     np.testing.assert_allclose(w, ref_w.numpy(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("self_attention", [True, False])
+def test_sequence_first_matches_torch_default_layout(rng, self_attention):
+    """batch_first=False takes and returns [T, B, E], torch.nn.MultiheadAttention's default."""
+    torch = pytest.importorskip("torch")
+    E, H = 16, 4
+    m = torch.nn.MultiheadAttention(E, H).eval()
+    p = {n: t.detach().numpy() for n, t in m.state_dict().items()}
+    q = rng.standard_normal((9, 3, E)).astype(np.float32)
+    kv = q if self_attention else rng.standard_normal((12, 3, E)).astype(np.float32)
+    pad = np.arange(kv.shape[0])[None, :] >= np.array([kv.shape[0], 5, 7])[:, None]  # torch: True = ignore
+    with torch.inference_mode():
+        ref, ref_w = m(torch.from_numpy(q), torch.from_numpy(kv), torch.from_numpy(kv),
+                       key_padding_mask=torch.from_numpy(pad), average_attn_weights=False)
+    out, w = mha(q, kv, kv, p, num_heads=H, key_lengths=[kv.shape[0], 5, 7], return_weights=True, batch_first=False)
+    assert out.shape == (9, 3, E) and w.shape == (3, H, 9, kv.shape[0])
+    np.testing.assert_allclose(out, ref.numpy(), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(w, ref_w.numpy(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("bias", [True, False])
 def test_matches_torch_cross_attention_with_other_key_sizes_and_a_causal_mask(rng, bias):
     """kdim/vdim != E (separate q/k/v weights), with and without biases; torch's bool attn_mask

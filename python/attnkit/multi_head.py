@@ -94,6 +94,14 @@ def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return linear(x, PackedWeight(w, half=False), b)  # packed per call: no exactness scan
 
 
+def _batch_first(query, key, value):
+    """[T, B, *] inputs as [B, T, *] views, self-attention's one array staying one array."""
+    q = query.transpose(1, 0, 2)
+    k = q if key is query else key.transpose(1, 0, 2)
+    v = k if value is key else value.transpose(1, 0, 2)
+    return q, k, v
+
+
 def multi_head_attention(
     query,
     key,
@@ -106,11 +114,13 @@ def multi_head_attention(
     causal: bool | str = False,
     scale: float | None = None,
     return_weights: bool = False,
+    batch_first: bool = True,
 ):
     """Multi-head attention: ``out = concat_h(attn(Q_h, K_h, V_h)) W_o^T + b_o``.
 
-    query ``[B, Tq, E]``, key ``[B, Tk, Ek]``, value ``[B, Tk, Ev]`` (batch first), float32 or
-    float64. ``num_heads`` must divide E; each head has size ``E / num_heads`` and the default
+    query ``[B, Tq, E]``, key ``[B, Tk, Ek]``, value ``[B, Tk, Ev]``, float32 or float64; with
+    ``batch_first=False`` (``torch.nn.MultiheadAttention``'s default) ``[Tq, B, E]``, ``[Tk, B, Ek]``
+    and ``[Tk, B, Ev]``, and the output ``[Tq, B, E]``. ``num_heads`` must divide E; each head has size ``E / num_heads`` and the default
     scale is ``1/sqrt(E / num_heads)``. ``key_lengths``, ``mask`` (True = keep, or additive,
     broadcastable to ``[B, H, Tq, Tk]``) and ``causal`` mean what they mean in
     :func:`attnkit.scaled_dot_product_attention`. Returns ``[B, Tq, E]``, and with
@@ -118,8 +128,15 @@ def multi_head_attention(
     for what ``torch.nn.MultiheadAttention`` returns by default).
     """
     query = host_float_array(_OP, "query", query, (3,))
-    key = host_float_array(_OP, "key", key, (3,))
-    value = host_float_array(_OP, "value", value, (3,))
+    key = query if key is query else host_float_array(_OP, "key", key, (3,))
+    value = key if value is key else host_float_array(_OP, "value", value, (3,))
+    if not batch_first:
+        out = multi_head_attention(*_batch_first(query, key, value), params, num_heads=num_heads,
+                                   key_lengths=key_lengths, mask=mask, causal=causal, scale=scale,
+                                   return_weights=return_weights)
+        if return_weights:
+            return np.ascontiguousarray(out[0].transpose(1, 0, 2)), out[1]
+        return np.ascontiguousarray(out.transpose(1, 0, 2))
     if key.dtype != query.dtype or value.dtype != query.dtype:
         raise TypeError(f"{_OP}: query, key and value must share one dtype, got {query.dtype}, {key.dtype}, {value.dtype}")
     B, Tq, E = query.shape
