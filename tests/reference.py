@@ -44,12 +44,15 @@ def linear(x, w, b=None):
 
 
 def multi_head(query, key, value, wq, bq, wk, bk, wv, bv, wo, bo, num_heads, **masks):
-    """Multi-head attention in float64 from separate projection weights ([out, in] each).
+    """Multi-head attention in float64 from separate projection weights ([out, in] each). A mask
+    of at most 3 axes is one [B, Tq, Tk] mask for every head; 4 axes are [B, H, Tq, Tk].
     Returns (out [B, Tq, E], weights [B, H, Tq, Tk])."""
     B, Tq, E = query.shape
     Tk = key.shape[1]
     dh = E // num_heads
     split = lambda x, t: x.reshape(B, t, num_heads, dh).transpose(0, 2, 1, 3)
     q, k, v = split(linear(query, wq, bq), Tq), split(linear(key, wk, bk), Tk), split(linear(value, wv, bv), Tk)
+    if masks.get("mask") is not None and np.ndim(masks["mask"]) == 3:
+        masks = {**masks, "mask": np.asarray(masks["mask"])[:, None]}
     ctx, w = sdpa(q, k, v, **masks)
     return linear(ctx.transpose(0, 2, 1, 3).reshape(B, Tq, E), wo, bo), w

@@ -322,6 +322,9 @@ def mha_cases(draw):
     kw = {"num_heads": H, "causal": draw(st.sampled_from([False, True, "lower_right"]))}
     if draw(st.booleans()):
         kw["key_lengths"] = np.array(draw(st.lists(st.integers(0, Tk), min_size=B, max_size=B)))
+    if draw(st.booleans()):  # up to 3 axes: [B, Tq, Tk] for every head (ESPnet's masks); 4: per head
+        shape = draw(st.sampled_from([(Tk,), (Tq, Tk), (B, 1, Tk), (B, Tq, Tk), (1, H, 1, Tk), (B, H, Tq, Tk)]))
+        kw["mask"] = rng.random(shape) < 0.7
     return query, key, value, params, flat, kw
 
 
@@ -330,7 +333,7 @@ def mha_cases(draw):
 def test_multi_head_valid_calls_match_the_reference(case):
     query, key, value, params, flat, kw = case
     out_ref, w_ref = ref.multi_head(query, key, value, *flat, kw["num_heads"], causal=kw["causal"],
-                                    key_lengths=kw.get("key_lengths"))
+                                    key_lengths=kw.get("key_lengths"), mask=kw.get("mask"))
     out, w = attnkit.multi_head_attention(query, key, value, params, return_weights=True, **kw)
     tol = np.float32 if query.dtype == np.float32 else np.float64
     assert_close(out, out_ref, tol, "output")

@@ -71,6 +71,23 @@ def test_matches_torch_multihead_attention(rng):
     np.testing.assert_allclose(w, ref_w.numpy(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("mask_shape", [(4, 1, 13), (4, 9, 13), (1, 9, 13)])
+def test_matches_espnet_multiheaded_attention_with_its_masks(rng, mask_shape):
+    """ESPnet's masks as ESPnet takes them, (B, 1, Tk) and (B, Tq, Tk), one for every head; with B
+    = H = 4, reading a 3-D mask as [H, Tq, Tk] would also broadcast, to other numbers."""
+    torch = pytest.importorskip("torch")
+    espnet_attention = pytest.importorskip("espnet.nets.pytorch_backend.transformer.attention")
+    torch.manual_seed(0)
+    m = espnet_attention.MultiHeadedAttention(4, 32, 0.0).eval()
+    p = {n: t.detach().numpy() for n, t in m.state_dict().items()}
+    q, kv = rng.standard_normal((4, 9, 32)).astype(np.float32), rng.standard_normal((4, 13, 32)).astype(np.float32)
+    mask = rng.random(mask_shape) > 0.3
+    mask[..., 0] = True  # every query keeps a key
+    with torch.no_grad():
+        ref = m(torch.from_numpy(q), torch.from_numpy(kv), torch.from_numpy(kv), torch.from_numpy(mask)).numpy()
+    np.testing.assert_allclose(mha(q, kv, kv, p, num_heads=4, mask=mask), ref, atol=2e-6, rtol=0)
+
+
 @pytest.mark.parametrize("self_attention", [True, False])
 def test_sequence_first_matches_torch_default_layout(rng, self_attention):
     """batch_first=False takes and returns [T, B, E], torch.nn.MultiheadAttention's default."""

@@ -119,13 +119,16 @@ def multi_head_attention(
     """Multi-head attention: ``out = concat_h(attn(Q_h, K_h, V_h)) W_o^T + b_o``.
 
     query ``[B, Tq, E]``, key ``[B, Tk, Ek]``, value ``[B, Tk, Ev]``, float32 or float64; with
-    ``batch_first=False`` (``torch.nn.MultiheadAttention``'s default) ``[Tq, B, E]``, ``[Tk, B, Ek]``
-    and ``[Tk, B, Ev]``, and the output ``[Tq, B, E]``. ``num_heads`` must divide E; each head has size ``E / num_heads`` and the default
-    scale is ``1/sqrt(E / num_heads)``. ``key_lengths``, ``mask`` (True = keep, or additive,
-    broadcastable to ``[B, H, Tq, Tk]``) and ``causal`` mean what they mean in
-    :func:`attnkit.scaled_dot_product_attention`. Returns ``[B, Tq, E]``, and with
-    ``return_weights=True`` also the per-head weights ``[B, H, Tq, Tk]`` (average them over axis 1
-    for what ``torch.nn.MultiheadAttention`` returns by default).
+    ``batch_first=False`` (``torch.nn.MultiheadAttention``'s default) ``[Tq, B, E]``, ``[Tk, B,
+    Ek]`` and ``[Tk, B, Ev]``, and the output ``[Tq, B, E]``. ``num_heads`` must divide E; each head
+    has size ``E / num_heads`` and the default scale is ``1/sqrt(E / num_heads)``.
+
+    ``key_lengths``, ``mask`` and ``causal`` mean what they mean in
+    :func:`attnkit.scaled_dot_product_attention`. ``mask`` (True = keep, or additive) is
+    broadcast to ``[B, Tq, Tk]`` when it has at most 3 axes (ESPnet's ``(B, 1, Tk)`` and ``(B, Tq,
+    Tk)`` masks as they are), to ``[B, H, Tq, Tk]`` when it has 4. Returns ``[B, Tq, E]``, and
+    with ``return_weights=True`` also the per-head weights ``[B, H, Tq, Tk]`` (average them over
+    axis 1 for what ``torch.nn.MultiheadAttention`` returns by default).
     """
     query = host_float_array(_OP, "query", query, (3,))
     key = query if key is query else host_float_array(_OP, "key", key, (3,))
@@ -158,6 +161,8 @@ def multi_head_attention(
     # [B, T, E] -> [B, H, T, Dh] views; the context is written head-interleaved straight into
     # [B, Tq, H, Dh], which is the [B, Tq, E] input of the output projection.
     heads = lambda x, t: x.reshape(B, t, H, Dh).transpose(0, 2, 1, 3)
+    if mask is not None and np.ndim(mask) == 3:
+        mask = np.asarray(mask)[:, None]  # [B|1, Tq|1, Tk] -> [B|1, 1, Tq|1, Tk]: one mask for every head
     context = np.empty((B, Tq, H, Dh), dtype=query.dtype)
     result = scaled_dot_product_attention(
         heads(q, Tq), heads(k, Tk), heads(v, Tk),
