@@ -78,7 +78,8 @@ def test_causal_matches_torch_is_causal(rng, Tq, Tk):
     torch = pytest.importorskip("torch")
     from torch.nn.attention.bias import causal_lower_right
 
-    q, k, v = make(rng, (2, 3, Tq, 16), np.float32), make(rng, (2, 3, Tk, 16), np.float32), make(rng, (2, 3, Tk, 9), np.float32)
+    q, k = make(rng, (2, 3, Tq, 16), np.float32), make(rng, (2, 3, Tk, 16), np.float32)
+    v = make(rng, (2, 3, Tk, 9), np.float32)
     qt, kt, vt = map(torch.from_numpy, (q, k, v))
     want = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True).numpy()
     np.testing.assert_allclose(sdpa(q, k, v, causal=True), want, rtol=0, atol=2e-6)

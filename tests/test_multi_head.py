@@ -131,7 +131,7 @@ def test_variants_with_other_math_are_refused(rng, variant):
         match = r"params hold \['bias_k', 'bias_v'\], weights of torch.nn.MultiheadAttention\(add_bias_kv=True\)"
     else:
         p["pos_bias_u"], p["linear_pos.weight"] = np.zeros((2, 4), np.float32), np.zeros((8, 8), np.float32)
-        match = r"params hold \['linear_pos.weight', 'pos_bias_u'\], weights of ESPnet's RelPositionMultiHeadedAttention"
+        match = r"params hold \['linear_pos.weight', 'pos_bias_u'\], weights of ESPnet's RelPosition"
     x = rng.standard_normal((1, 3, 8)).astype(np.float32)
     with pytest.raises(attnkit.UnsupportedError, match=match):
         mha(x, x, x, p, num_heads=2)

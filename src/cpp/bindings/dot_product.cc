@@ -210,7 +210,8 @@ void sdpa(nb::handle q_obj, nb::handle k_obj, nb::handle v_obj, nb::handle out_o
 void register_dot_product(nb::module_& m) {
   m.def("sdpa", &sdpa, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("weights").none(),
         nb::arg("key_lengths").none(), nb::arg("mask").none(), nb::arg("causal"), nb::arg("causal_offset"),
-        nb::arg("scale"), nb::arg("three_d") = false, "Private kernel entry; use attnkit.scaled_dot_product_attention.");
+        nb::arg("scale"), nb::arg("three_d") = false,
+        "Private kernel entry; use attnkit.scaled_dot_product_attention.");
 }
 
 }  // namespace attnkit::bindings

@@ -117,8 +117,8 @@ void sdpa_cuda(nb::ndarray<> q_in, nb::ndarray<> k_in, nb::ndarray<> v_in, nb::n
 
 void register_dot_product_cuda(nb::module_& m) {
   m.def("sdpa_cuda", &sdpa_cuda, nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("weights").none(),
-        nb::arg("key_lengths").none(), nb::arg("mask").none(), nb::arg("causal"), nb::arg("causal_offset"), nb::arg("scale"),
-        nb::arg("stream"),
+        nb::arg("key_lengths").none(), nb::arg("mask").none(), nb::arg("causal"), nb::arg("causal_offset"),
+        nb::arg("scale"), nb::arg("stream"),
         "Private GPU kernel entry; use attnkit.scaled_dot_product_attention with CuPy arrays.");
 }
 
