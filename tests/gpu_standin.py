@@ -176,6 +176,12 @@ class StandInLibrary:
         b = np.broadcast_to(x.a, shape)
         return StandInArray(np.lib.stride_tricks.as_strided(x.a, b.shape, b.strides))  # writeable, as CuPy's
 
+    def element_strides(self, x):
+        return tuple(s // x.a.itemsize for s in x.a.strides)
+
+    def repeat(self, x, repeats, axis):
+        return StandInArray(np.repeat(x.a, repeats, axis=axis))
+
     def cast_like(self, x, like):
         return StandInArray(x.a.astype(like.a.dtype, copy=False))
 

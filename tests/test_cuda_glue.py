@@ -45,7 +45,7 @@ def test_three_d_inputs_device_lengths_and_float_masks_reach_the_launch(lib, rng
     (lambda q, k, v: (q, k.a, v, {}), TypeError, "k must be a GPU array like q"),
     (lambda q, k, v: (StandInArray(q.a.astype(np.float64)), k, v, {}), TypeError, "float32, float16 or bfloat16"),
     (lambda q, k, v: (q, StandInArray(k.a.astype(np.float16)), v, {}), TypeError, "share one dtype"),
-    (lambda q, k, v: (q[0], k, v, {}), ValueError, "same rank"),
+    (lambda q, k, v: (q, k[:, :2], v, {}), ValueError, "must broadcast together"),
     (lambda q, k, v: (q, k[:, :, :, :7], v, {}), ValueError, "k must be"),
     (lambda q, k, v: (q, k, v[:, :, :6], {}), ValueError, "v must be"),
     (lambda q, k, v: (q, k, v, {"key_lengths": [8, 1]}), ValueError, "key_lengths must lie in"),

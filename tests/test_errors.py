@@ -16,9 +16,9 @@ def qkv(rng):
 @pytest.mark.parametrize(
     "change,exc,pattern",
     [
-        (lambda q, k, v: (q[0], k, v), ValueError, "q, k and v must have the same rank"),
-        (lambda q, k, v: (q[..., None], k, v), ValueError, r"q must be 3-D or 4-D, got shape \(2, 3, 4, 8, 1\)"),
-        (lambda q, k, v: (q, k[:, :2], v), ValueError, r"k must be \[B, H, Tk, D\] with B, H, D as in q"),
+        (lambda q, k, v: (q[0, 0, 0], k, v), ValueError, r"q must have at least 2 axes \[..., T, D\], got shape \(8,\)"),
+        (lambda q, k, v: (q[..., None], k, v), ValueError, r"k must be \[..., Tk, D\] with q's D=1, got shape"),
+        (lambda q, k, v: (q, k[:, :2], v), ValueError, "the leading axes of q, k and v must broadcast together"),
         (lambda q, k, v: (q, k[..., :7], v), ValueError, r"k must be \[B, H, Tk, D\]"),
         (lambda q, k, v: (q, k, v[:, :, :5]), ValueError, r"v must be \[B, H, Tk, Dv\] with B, H, Tk as in k"),
         (lambda q, k, v: (q.astype(np.int32), k, v), TypeError, "q must have dtype float32 or float64, got int32"),

@@ -122,17 +122,23 @@ def sdpa_cases(draw):
     """Valid calls: few-rows (Tq <= 9, most counts to 16 on AVX2: groups of W rows with lanes over
     the rows, rows left with lanes over d) and tiled shapes, block edges, every option."""
     three_d = draw(st.booleans())
-    B, H = draw(st.integers(1, 3)), 1 if three_d else draw(st.integers(1, 3))
+    B, H = draw(st.integers(1, 3)), 1 if three_d else draw(st.integers(1, 4))
     Tq = draw(st.sampled_from([1, 2, 3, 5, 8, 10, 14, 17, 48, 49, 70]))
     Tk = draw(st.sampled_from([1, 2, 7, 16, 33, 255, 257, 300]))
     D_, Dv = draw(st.sampled_from([1, 3, 8, 16, 17, 33, 64])), draw(st.sampled_from([1, 4, 8, 9, 16, 24, 40]))
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     lead = (B, Tq) if three_d else (B, H, Tq)
-    klead = (B, Tk) if three_d else (B, H, Tk)
+    # k and v shared (PyTorch's broadcasting) over the batch or the heads, or grouped (enable_gqa)
+    share = draw(st.sampled_from(["none", "batch"] if three_d else ["none", "batch", "heads", "grouped"]))
+    Bk = 1 if share == "batch" else B
+    Hk = 1 if share == "heads" else H // 2 if share == "grouped" and H % 2 == 0 else H
+    klead = (Bk, Tk) if three_d else (Bk, Hk, Tk)
     q = draw(laid_out(lead + (D_,), dtype))
     k = draw(laid_out(klead + (D_,), dtype))
     v = draw(laid_out(klead + (Dv,), dtype))
     kw = {"causal": draw(st.sampled_from([False, True, "lower_right"])), "return_weights": draw(st.booleans())}
+    if share == "grouped":
+        kw["enable_gqa"] = True
     if draw(st.booleans()):
         lengths = draw(st.lists(st.integers(0, Tk), min_size=B, max_size=B))
         kind = draw(st.sampled_from(["list", "int64", "int32", "uint16", "stepped"]))
@@ -152,7 +158,16 @@ def sdpa_cases(draw):
     return q, k, v, kw
 
 
+def sdpa_kv_as_q(q, k, v, kw):
+    """k and v with q's leading axes, copied (heads repeated where grouped, broadcasts made real)."""
+    if kw.get("enable_gqa"):
+        k, v = (np.repeat(x, q.shape[1] // x.shape[1], axis=1) for x in (k, v))
+    return tuple(x if x.shape[:-2] == q.shape[:-2] else np.array(np.broadcast_to(x, q.shape[:-2] + x.shape[-2:]))
+                 for x in (k, v))
+
+
 def sdpa_reference(q, k, v, kw):
+    k, v = sdpa_kv_as_q(q, k, v, kw)
     return ref.sdpa(q, k, v, key_lengths=kw.get("key_lengths"), mask=kw.get("mask"), causal=kw["causal"],
                     scale=kw.get("scale"))
 
@@ -196,11 +211,13 @@ def _sdpa_corruptions(q, k, v):
             ((name,), put(x.tolist())), ((name,), put(None)), ((name,), put("array")),
             ((name,), put(FakeGpuArray(x.shape))),
             ((name,), put(np.float32(1.0))), ((name,), put(np.zeros(3, np.float32))),
-            (every, put(x[0])), (every, put(x[..., None])), (every, put(x[None, None])),
+            (every, put(x[0, 0, 0])),
             (every, put(np.empty(x.shape[:2] + (0,) + x.shape[3:], x.dtype))),
             (every, put(np.empty(x.shape[:-1] + (0,), x.dtype))),
-            (every, put(np.zeros((x.shape[0] + 1,) + x.shape[1:], x.dtype))),
         ]
+        # A leading axis that cannot broadcast (one of size 1 would: PyTorch's rules).
+        cases += [(every, put(np.zeros(x.shape[:i] + (x.shape[i] + 1,) + x.shape[i + 1:], x.dtype)))
+                  for i in (0, 1) if x.shape[i] > 1]
         if name != "v":  # v's last axis is Dv, free; q's and k's must agree
             cases.append((every, put(np.zeros(x.shape[:-1] + (x.shape[-1] + 1,), x.dtype))))
         for dt in (np.int32, np.int64, np.float16, np.complex64, np.bool_, object, ">f4", np.float32, np.float64):
@@ -245,6 +262,8 @@ def _sdpa_corruptions(q, k, v):
 @given(case=sdpa_cases(), pick=st.integers(0, 10**6))
 def test_sdpa_bad_arguments_raise_typed_errors_naming_them(case, pick):
     q, k, v, kw = case
+    k, v = sdpa_kv_as_q(q, k, v, kw)  # (a corrupted q could otherwise still broadcast with them)
+    kw = {key: val for key, val in kw.items() if key != "enable_gqa"}
     if q.ndim == 3:
         q, k, v = q[:, None], k[:, None], v[:, None]
         kw = {key: val for key, val in kw.items() if key != "mask"}

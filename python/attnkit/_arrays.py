@@ -57,8 +57,9 @@ def int_range(arr: np.ndarray) -> tuple[int, int]:
     return int(arr.min()), int(arr.max())
 
 
-def host_float_array(op: str, name: str, x, ndims: tuple[int, ...]) -> np.ndarray:
-    """Returns x as a float32/float64 NumPy array without copying; raises TypeError/ValueError."""
+def host_float_array(op: str, name: str, x, ndims: tuple[int, ...] | None) -> np.ndarray:
+    """Returns x as a float32/float64 NumPy array without copying; raises TypeError/ValueError.
+    ``ndims``: the ranks allowed (None: any)."""
     if not isinstance(x, np.ndarray):
         if is_device_array(x):
             raise UnsupportedError(
@@ -68,7 +69,7 @@ def host_float_array(op: str, name: str, x, ndims: tuple[int, ...]) -> np.ndarra
         raise TypeError(f"{op}: {name} must be a numpy.ndarray of float32 or float64, got {describe(x)}")
     if x.dtype not in _FLOATS:
         raise TypeError(f"{op}: {name} must have dtype float32 or float64, got {x.dtype}")
-    if x.ndim not in ndims:
+    if ndims is not None and x.ndim not in ndims:
         want = " or ".join(f"{n}-D" for n in ndims)
         raise ValueError(f"{op}: {name} must be {want}, got shape {x.shape}")
     if 0 in x.shape:

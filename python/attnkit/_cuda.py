@@ -57,6 +57,12 @@ class _CuPy:
     def broadcast_to(self, x, shape):
         return self.xp.broadcast_to(x, shape)
 
+    def element_strides(self, x):
+        return tuple(s // x.itemsize for s in x.strides)
+
+    def repeat(self, x, repeats, axis):
+        return self.xp.repeat(x, repeats, axis=axis)
+
     def cast_like(self, x, like):
         return x.astype(like.dtype, copy=False)
 
@@ -121,6 +127,12 @@ class _Torch:
 
     def broadcast_to(self, x, shape):
         return self.torch.broadcast_to(x, shape)
+
+    def element_strides(self, x):
+        return tuple(x.stride())
+
+    def repeat(self, x, repeats, axis):
+        return self.torch.repeat_interleave(x, repeats, dim=axis)
 
     def cast_like(self, x, like):
         return x.to(like.dtype)

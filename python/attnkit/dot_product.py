@@ -5,21 +5,25 @@ from __future__ import annotations
 import numpy as np
 
 from attnkit import _core
-from attnkit._arrays import describe, host_float_array, is_device_array, lengths_array, positive_scalar
+from attnkit._arrays import describe, host_float_array, is_device_array, positive_scalar
+from attnkit._sdpa_shapes import HostOps, broadcast_call
 
 _OP = "scaled_dot_product_attention"
 
 
-def _mask_4d(mask, q_ndim: int, full: tuple[int, int, int, int], dtype: np.dtype) -> np.ndarray:
-    """Broadcasts a bool (True = keep) or additive float mask to [B, H, Tq, Tk] without copying."""
+def _host_mask(mask, dtype: np.dtype) -> np.ndarray:
+    """A bool (True = keep) mask as it is, an additive float mask in q's dtype."""
     mask = np.asarray(mask) if not isinstance(mask, np.ndarray) else mask
     if mask.dtype == np.bool_:
-        pass
-    elif mask.dtype.kind == "f":
-        if mask.dtype != dtype:
-            mask = mask.astype(dtype)
-    else:
-        raise TypeError(f"{_OP}: mask must be bool (True = keep) or a float additive mask, got dtype {mask.dtype}")
+        return mask
+    if mask.dtype.kind == "f":
+        return mask if mask.dtype == dtype else mask.astype(dtype)
+    raise TypeError(f"{_OP}: mask must be bool (True = keep) or a float additive mask, got dtype {mask.dtype}")
+
+
+def _mask_4d(mask, q_ndim: int, full: tuple[int, int, int, int], dtype: np.dtype) -> np.ndarray:
+    """Broadcasts a bool (True = keep) or additive float mask to [B, H, Tq, Tk] without copying."""
+    mask = _host_mask(mask, dtype)
     B, H, Tq, Tk = full
     target = (B, Tq, Tk) if q_ndim == 3 else full
     try:
@@ -57,6 +61,7 @@ def scaled_dot_product_attention(
     mask=None,
     causal: bool | str = False,
     scale: float | None = None,
+    enable_gqa: bool = False,
     return_weights: bool = False,
     out=None,
     stream=None,
@@ -68,11 +73,19 @@ def scaled_dot_product_attention(
     ``[B, H, Tq, Dv]`` (in q's rank), and with ``return_weights=True`` the pair
     ``(output, weights)`` with weights ``[B, H, Tq, Tk]``.
 
+    As in ``torch.nn.functional.scaled_dot_product_attention``, any rank >= 2 works, and the
+    leading axes of q, k and v broadcast (e.g. k and v ``[B, 1, Tk, D]`` shared by every head):
+    the output is ``[*L, Tq, Dv]`` with L the broadcast leading shape. With ``enable_gqa=True``
+    (grouped-query attention) k and v may have fewer heads (axis -3) than q, dividing q's: query
+    head ``h`` uses kv head ``h // (Hq / Hkv)``. Shared and grouped k and v are read in place,
+    never repeated in memory.
+
     Masking, all optional and combinable:
 
-    - ``key_lengths`` ``[B]`` integers: keys ``j >= key_lengths[b]`` are ignored (padding).
-    - ``mask`` broadcastable to ``[B, H, Tq, Tk]`` (``[B, Tq, Tk]`` for 3-D inputs): bool with
-      True = attend, or float, added to the scaled scores (use ``-inf`` to mask).
+    - ``key_lengths`` ``[B]`` integers, one per index of the first leading axis: keys ``j >=
+      key_lengths[b]`` are ignored (padding). (2-D inputs: one integer.)
+    - ``mask`` broadcastable to ``[B, H, Tq, Tk]`` (``[*L, Tq, Tk]``, e.g. ``[B, Tq, Tk]`` for 3-D
+      inputs): bool with True = attend, or float, added to the scaled scores (use ``-inf`` to mask).
     - ``causal``: ``True`` (or ``"upper_left"``) is PyTorch's ``is_causal``: query ``i`` sees keys
       ``j <= i``, the first query aligned with the first key. ``"lower_right"`` aligns the last
       query with the last key instead, ``j <= i + (Tk - Tq)`` (FlashAttention's convention, and
@@ -95,23 +108,38 @@ def scaled_dot_product_attention(
     """
     # Checks of shapes, dtypes, strides and lengths happen once, in the C++ front door, with
     # messages that name the argument; this layer only routes non-NumPy inputs to clear errors,
-    # views 3-D inputs as one head and allocates the outputs (about 1 us in all).
+    # views 3-D inputs as one head and allocates the outputs (about 1 us in all). Calls whose
+    # leading axes differ (broadcasting, grouped heads) are refused there and go the general way:
+    # comparing the shapes here first would cost 0.4 us of every call.
     if type(q) is not np.ndarray or type(k) is not np.ndarray or type(v) is not np.ndarray:
         if any(is_device_array(x) for x in (q, k, v, out)):
-            return _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, return_weights, out, stream)
-        q, k, v = (host_float_array(_OP, n, x, (3, 4)) for n, x in (("q", q), ("k", k), ("v", v)))
+            return _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, enable_gqa, return_weights, out, stream)
+        q, k, v = (host_float_array(_OP, n, x, None) for n, x in (("q", q), ("k", k), ("v", v)))
     if stream is not None:
         raise ValueError(f"{_OP}: stream is for GPU arrays, but q, k and v are NumPy arrays")
-    three_d = q.ndim == 3 and k.ndim == 3 and v.ndim == 3
+    rank = q.ndim
+    if (rank != 3 and rank != 4) or k.ndim != rank or v.ndim != rank:
+        return _sdpa_broadcast(q, k, v, key_lengths, mask, causal, scale, enable_gqa, return_weights, out)
+    try:
+        return _sdpa_same_leading_axes(q, k, v, key_lengths, mask, causal, scale, return_weights, out)
+    except ValueError:
+        if k.shape[:-2] == q.shape[:-2] == v.shape[:-2]:
+            raise
+    return _sdpa_broadcast(q, k, v, key_lengths, mask, causal, scale, enable_gqa, return_weights, out)
+
+
+def _sdpa_same_leading_axes(q, k, v, key_lengths, mask, causal, scale, return_weights, out):
+    """NumPy q, k, v all [B, H, T, *] or all [B, T, *]: one kernel call (ValueError if their
+    leading axes differ)."""
+    three_d = q.ndim == 3
     if three_d:
         q, k, v = q[:, None], k[:, None], v[:, None]
     if scale is not None:
         scale = positive_scalar(_OP, "scale", scale)
-    offset = None if causal is False else _causal_offset(causal, q.shape[-2] if q.ndim > 1 else 0,
-                                                          k.shape[-2] if k.ndim > 1 else 0)
+    offset = None if causal is False else _causal_offset(causal, q.shape[-2], k.shape[-2])
     if key_lengths is not None:
         key_lengths = _lengths(key_lengths)
-    if mask is not None and q.ndim == 4 and k.ndim == 4:
+    if mask is not None:
         mask = _mask_4d(mask, 3 if three_d else 4, q.shape[:3] + k.shape[2:3], q.dtype)
     if out is None:
         out = np.empty(q.shape[:-1] + v.shape[-1:], dtype=q.dtype)
@@ -131,8 +159,24 @@ def scaled_dot_product_attention(
     return (out, weights) if return_weights else out
 
 
-def _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, return_weights, out, stream):
-    """The GPU path of scaled_dot_product_attention (its docstring says what it takes)."""
+def _sdpa_broadcast(q, k, v, key_lengths, mask, causal, scale, enable_gqa, return_weights, out):
+    """NumPy inputs on PyTorch's shape rules (other ranks, broadcast leading axes, grouped heads)."""
+    if scale is not None:
+        scale = positive_scalar(_OP, "scale", scale)
+    if out is not None and not isinstance(out, np.ndarray):
+        raise TypeError(f"{_OP}: out must be a numpy.ndarray, got {describe(out)}")
+
+    def run(q4, k4, v4, o4, w4, lengths, m4):
+        offset = None if causal is False else _causal_offset(causal, q4.shape[2], k4.shape[2])
+        _core.sdpa(q4, k4, v4, o4, w4, lengths, m4, offset is not None, offset or 0, scale or 0.0, False)
+
+    return broadcast_call(q, k, v, key_lengths=key_lengths, mask=None if mask is None else _host_mask(mask, q.dtype),
+                          enable_gqa=enable_gqa, return_weights=return_weights, out=out, ops=HostOps, run=run)
+
+
+def _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, enable_gqa, return_weights, out, stream):
+    """The GPU path of scaled_dot_product_attention (its docstring says what it takes): every call
+    goes through broadcast_call (10-17 us of Python for a 4-D call on this machine's CPU)."""
     from attnkit._cuda import FLOAT_DTYPES, GpuCall
 
     call = GpuCall(_OP, {"q": q, "k": k, "v": v, "out": out}, stream)
@@ -143,68 +187,29 @@ def _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, return_weights, out, st
         raise TypeError(
             f"{_OP}: q, k and v must share one dtype, got {dtype}, {call.dtype_name(k)} and {call.dtype_name(v)}"
         )
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.ndim not in (3, 4):
-            raise ValueError(f"{_OP}: {name} must be 3-D or 4-D, got shape {tuple(x.shape)}")
-        if 0 in tuple(x.shape):
-            raise ValueError(f"{_OP}: {name} must not have an empty axis, got shape {tuple(x.shape)}")
-    if not q.ndim == k.ndim == v.ndim:
-        raise ValueError(f"{_OP}: q, k and v must have the same rank, got {q.ndim}, {k.ndim} and {v.ndim}")
-    qs, ks, vs = tuple(q.shape), tuple(k.shape), tuple(v.shape)
-    if ks[:-2] != qs[:-2] or ks[-1] != qs[-1]:
-        lead = "[B, Tk, D]" if q.ndim == 3 else "[B, H, Tk, D]"
-        raise ValueError(f"{_OP}: k must be {lead} with B{', H' if q.ndim == 4 else ''}, D as in q {qs}, got {ks}")
-    if vs[:-1] != ks[:-1]:
-        lead = "[B, Tk, Dv]" if q.ndim == 3 else "[B, H, Tk, Dv]"
-        raise ValueError(f"{_OP}: v must be {lead} with the leading axes of k {ks}, got {vs}")
+    if out is not None and call.dtype_name(out) != dtype:
+        raise TypeError(f"{_OP}: out must have dtype {dtype}, got {call.dtype_name(out)}")
     if scale is not None:
         scale = positive_scalar(_OP, "scale", scale)
-    offset = _causal_offset(causal, qs[-2], ks[-2])
-    three_d = q.ndim == 3
-    out_shape = qs[:-1] + vs[-1:]
-    if out is not None:
-        if tuple(out.shape) != out_shape:
-            raise ValueError(f"{_OP}: out must have shape {out_shape}, got {tuple(out.shape)}")
-        if call.dtype_name(out) != dtype:
-            raise TypeError(f"{_OP}: out must have dtype {dtype}, got {call.dtype_name(out)}")
+    if mask is not None:
+        call.same_kind("mask", mask)
+        kind = call.dtype_name(mask)
+        if kind != "bool" and not kind.startswith(("float", "bfloat")):
+            raise TypeError(f"{_OP}: mask must be bool (True = keep) or a float additive mask, got dtype {kind}")
+    if key_lengths is not None and is_device_array(key_lengths):
+        call.same_kind("key_lengths", key_lengths)
+    lib = call.lib
 
-    with call:
-        lib = call.lib
-        q4, k4, v4 = (lib.last_axis_contiguous(x[:, None] if three_d else x) for x in (q, k, v))
-        B, H, Tq, _ = q4.shape
-        Tk = k4.shape[2]
-        lengths = None
-        if key_lengths is not None:
-            if is_device_array(key_lengths):
-                call.same_kind("key_lengths", key_lengths)
-                kind = call.dtype_name(key_lengths)
-                if not kind.startswith(("int", "uint")):
-                    raise TypeError(f"{_OP}: key_lengths must hold integers, got dtype {kind}")
-                if tuple(key_lengths.shape) != (B,):
-                    raise ValueError(
-                        f"{_OP}: key_lengths must have shape ({B},) (one per batch entry), got {tuple(key_lengths.shape)}"
-                    )
-                lengths = lib.as_int64(key_lengths)
-            else:
-                lengths = lib.from_host(lengths_array(_OP, "key_lengths", key_lengths, B, Tk, "Tk"), q4)
-        mask4 = None
-        if mask is not None:
-            call.same_kind("mask", mask)
-            kind = call.dtype_name(mask)
-            if kind != "bool" and not kind.startswith(("float", "bfloat")):
-                raise TypeError(f"{_OP}: mask must be bool (True = keep) or a float additive mask, got dtype {kind}")
-            target = (B, Tq, Tk) if three_d else (B, H, Tq, Tk)
-            try:
-                mask4 = lib.broadcast_to(mask if kind == "bool" else lib.cast_like(mask, q4), target)
-            except (ValueError, RuntimeError):
-                raise ValueError(f"{_OP}: mask must be broadcastable to {target}, got shape {tuple(mask.shape)}") from None
-            if three_d:
-                mask4 = mask4[:, None]
-        if out is None:
-            out = lib.empty(out_shape, q)
-        out4 = out[:, None] if three_d else out
-        weights = lib.empty(qs[:-1] + ks[-2:-1], q) if return_weights else None
-        weights4 = weights[:, None] if weights is not None and three_d else weights
+    def launch(q4, k4, v4, out4, weights4, lengths, mask4):
+        offset = _causal_offset(causal, q4.shape[2], k4.shape[2])
+        if lengths is not None and not is_device_array(lengths):
+            lengths = lib.from_host(lengths, q4)  # checked on the host, not capturable in a CUDA graph
+        q4, k4, v4 = (lib.last_axis_contiguous(x) for x in (q4, k4, v4))
         _core.sdpa_cuda(*map(call.capsule, (q4, k4, v4, out4, weights4, lengths, mask4)),
                         offset is not None, offset or 0, scale or 0.0, call.stream)
-    return (out, weights) if return_weights else out
+
+    with call:
+        if mask is not None and call.dtype_name(mask) != "bool":
+            mask = lib.cast_like(mask, q)
+        return broadcast_call(q, k, v, key_lengths=key_lengths, mask=mask, enable_gqa=enable_gqa,
+                              return_weights=return_weights, out=out, ops=lib, run=launch)
