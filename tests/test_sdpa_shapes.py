@@ -108,20 +108,52 @@ def kernel_calls(monkeypatch):
 
 
 def test_shared_and_grouped_kv_are_read_in_place(rng, kernel_calls):
-    """Grouped and shared k and v reach the kernel as views (stride 0 over the query heads that
-    share them), in one call, with the key lengths repeated per kernel batch entry."""
+    """Grouped and shared k and v reach the kernel as views, in one call where views allow: the
+    query heads of a kv head as its query rows (not with causal masks), else the kv head repeated
+    through a zero stride, with the key lengths repeated per kernel batch entry."""
     q, k, v = _case(rng, (8, 8, 1, 64), (8, 2, 100, 64), (8, 2, 100, 64))
-    sdpa(q, k, v, enable_gqa=True, key_lengths=np.arange(8) + 50)
-    (q4, k4, lengths, _), = kernel_calls
-    assert q4.shape == (16, 4, 1, 64) and k4.shape == (16, 4, 100, 64) and k4.strides[1] == 0
+    lengths = np.arange(8) + 50
+    sdpa(q, k, v, enable_gqa=True, key_lengths=lengths)
+    (q4, k4, kl, _), = kernel_calls
+    assert q4.shape == (8, 2, 4, 64) and k4.shape == (8, 2, 100, 64) and kl.tolist() == lengths.tolist()
     assert np.shares_memory(k4, k) and np.shares_memory(q4, q)
-    assert lengths.tolist() == np.repeat(np.arange(8) + 50, 2).tolist()
+
+    kernel_calls.clear()
+    sdpa(q, k, v, enable_gqa=True, key_lengths=lengths, causal=True)
+    (q4, k4, kl, _), = kernel_calls
+    assert q4.shape == (16, 4, 1, 64) and k4.shape == (16, 4, 100, 64) and k4.strides[1] == 0
+    assert np.shares_memory(k4, k) and kl.tolist() == np.repeat(lengths, 2).tolist()
+
+    kernel_calls.clear()
+    q, k, v = _case(rng, (2, 8, 1, 64), (2, 1, 50, 64), (2, 1, 50, 64))
+    sdpa(q, k, v)  # one kv head for all, by broadcasting alone
+    (q4, k4, _, _), = kernel_calls
+    assert q4.shape == (2, 1, 8, 64) and np.shares_memory(k4, k)
 
     kernel_calls.clear()
     q, k, v = _case(rng, (2, 3, 4, 5, 8), (2, 1, 4, 7, 8), (2, 1, 4, 7, 8))
     sdpa(q, k, v, mask=np.ones((5, 7), bool))
     assert len(kernel_calls) == 2  # no view merges axis 0 with the broadcast axis 1: one call per batch entry
     assert all(k4.strides[0] == 0 and m4.strides[:2] == (0, 0) for _, k4, _, m4 in kernel_calls)
+
+
+@pytest.mark.parametrize("mask_shape", [None, (1, 1, 1, 9), (6, 5, 9), (2, 6, 5, 9), (5, 9)])
+def test_grouped_calls_give_the_same_bits_in_any_layout(rng, mask_shape):
+    """Whether a kv head's query heads run as its query rows depends on shapes only: strided q,
+    out and mask give the bits of contiguous ones."""
+    q = rng.standard_normal((2, 5, 6, 8)).astype(np.float32).transpose(0, 2, 1, 3)  # [2, 6, 5, 8], strided
+    k, v = _case(rng, (2, 2, 9, 8), (2, 2, 9, 4), (1, 1))[:2]
+    kw = {"enable_gqa": True}
+    if mask_shape is not None:
+        kw["mask"] = np.swapaxes(rng.random(mask_shape[:-2] + mask_shape[:-3:-1]) > 0.3, -1, -2)  # strided too
+    want = sdpa(np.ascontiguousarray(q), k, v, **{**kw, "mask": np.ascontiguousarray(kw.get("mask"))}
+                if mask_shape is not None else kw)
+    out = np.empty((2, 5, 6, 4), np.float32).transpose(0, 2, 1, 3)
+    got = sdpa(q, k, v, out=out, **kw)
+    assert got is out
+    np.testing.assert_array_equal(got, want)
+    assert_close(got, ref_sdpa(q, _expand_gqa(q.shape, k), _expand_gqa(q.shape, v), mask=kw.get("mask"))[0],
+                 np.float32, "grouped")
 
 
 @pytest.mark.parametrize("args,kwargs,error,pattern", [

@@ -118,7 +118,7 @@ def scaled_dot_product_attention(
     if stream is not None:
         raise ValueError(f"{_OP}: stream is for GPU arrays, but q, k and v are NumPy arrays")
     rank = q.ndim
-    if (rank != 3 and rank != 4) or k.ndim != rank or v.ndim != rank:
+    if (rank != 3 and rank != 4) or k.ndim != rank or v.ndim != rank or enable_gqa:
         return _sdpa_broadcast(q, k, v, key_lengths, mask, causal, scale, enable_gqa, return_weights, out)
     try:
         return _sdpa_same_leading_axes(q, k, v, key_lengths, mask, causal, scale, return_weights, out)
@@ -171,7 +171,8 @@ def _sdpa_broadcast(q, k, v, key_lengths, mask, causal, scale, enable_gqa, retur
         _core.sdpa(q4, k4, v4, o4, w4, lengths, m4, offset is not None, offset or 0, scale or 0.0, False)
 
     return broadcast_call(q, k, v, key_lengths=key_lengths, mask=None if mask is None else _host_mask(mask, q.dtype),
-                          enable_gqa=enable_gqa, return_weights=return_weights, out=out, ops=HostOps, run=run)
+                          enable_gqa=enable_gqa, pack_groups=causal is False, return_weights=return_weights, out=out,
+                          ops=HostOps, run=run)
 
 
 def _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, enable_gqa, return_weights, out, stream):
@@ -212,4 +213,4 @@ def _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, enable_gqa, return_weig
         if mask is not None and call.dtype_name(mask) != "bool":
             mask = lib.cast_like(mask, q)
         return broadcast_call(q, k, v, key_lengths=key_lengths, mask=mask, enable_gqa=enable_gqa,
-                              return_weights=return_weights, out=out, ops=lib, run=launch)
+                              pack_groups=causal is False, return_weights=return_weights, out=out, ops=lib, run=launch)
