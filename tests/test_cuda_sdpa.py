@@ -78,6 +78,23 @@ def test_masks_broadcast(mask_shape, kind):
         close(w.get(), ref_w, TOL32, f"{kind} weights {kw}")
 
 
+@pytest.mark.parametrize("qs,ks,gqa,kw", [
+    ((2, 8, 1, 64), (2, 2, 300, 64), True, {}),  # grouped decoder step: query heads as rows
+    ((2, 6, 5, 32), (2, 3, 40, 32), True, {"causal": True}),  # grouped through zero strides
+    ((3, 4, 7, 16), (3, 1, 9, 16), False, {"key_lengths": [9, 1, 5]}),  # one kv head for all
+    ((2, 3, 4, 5, 8), (2, 1, 4, 7, 8), False, {}),  # 5-D: one launch per batch entry
+])
+def test_broadcast_and_grouped_heads_match_the_cpu(qs, ks, gqa, kw):
+    rng = np.random.default_rng(7)
+    q, k = rng.standard_normal(qs, np.float32), rng.standard_normal(ks, np.float32)
+    v = rng.standard_normal(ks, np.float32)
+    out, w = sdpa(cp.asarray(q), cp.asarray(k), cp.asarray(v), enable_gqa=gqa, return_weights=True, **kw)
+    cpu, cpu_w = sdpa(q, k, v, enable_gqa=gqa, return_weights=True, **kw)
+    assert isinstance(out, cp.ndarray) and out.shape == cpu.shape and w.shape == cpu_w.shape
+    close(out.get(), cpu.astype(np.float64), TOL32, "out")
+    close(w.get(), cpu_w.astype(np.float64), TOL32, "weights")
+
+
 def test_three_d_inputs_and_rows_with_no_key_give_zeros():
     rng = np.random.default_rng(3)
     q, k, v = (rng.standard_normal(s, np.float32) for s in ((3, 40, 16), (3, 10, 16), (3, 10, 12)))
