@@ -294,6 +294,18 @@ def test_recursion_kernel_matches_float64_reference_on_every_isa(isa, T, N, C, d
             np.testing.assert_allclose(psi, want[1], rtol=rtol, atol=rtol, err_msg=f"{first_label} {start} {end}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_no_frames_give_logzero_scores(dtype):
+    """T = 0: no frame for any candidate; psi is log(0), as from the NumPy recursion (start > T),
+    not whatever memory the output was given."""
+    x, label_col, blank_col, r_sum, r_blank, repeat = recursion_inputs(np.random.default_rng(0), 3, 2, 5, M=8)
+    args = (x[:0].astype(dtype), label_col, blank_col, r_sum[:0].astype(dtype), r_blank[:0].astype(dtype), repeat)
+    for _ in range(3):  # (fresh outputs: earlier scores would show through unwritten memory)
+        r, psi = prefix_scores(*args, True, 1, 0, dtype)
+        assert r.shape == (0, 2, 2, 5) and psi.dtype == dtype
+        np.testing.assert_array_equal(psi, np.full((2, 5), LOGZERO, dtype))
+
+
 def test_recursion_kernel_propagates_nan_and_infinities():
     from attnkit.asr.ctc_prefix import prefix_scores
 

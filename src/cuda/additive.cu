@@ -1,5 +1,6 @@
 // The fused step of ESPnet's additive attention family on NVIDIA GPUs (AttAdd, AttLoc, AttCov,
-// AttCovLoc; dot-product energies too when gvec is null): the math of
+// AttCovLoc; not the dot-product energies of the CPU kernel, whose query needs a bias and a
+// tanh that the query launch here does not apply): the math of
 // attnkit.espnet._kernels.fused_additive_step_reference in three launches on the caller's stream.
 //
 // 0. Query. q[n][a] = dec_z[n] . W_dec[a], a warp per output (lanes over Dz, coalesced), into
@@ -131,10 +132,6 @@ template <typename T> __global__ void energies_kernel(AdditiveStepParams p) {
   const T* f = feat + warp * p.C;
   T e = 0;
   for (int64_t a = lane; a < p.A; a += 32) {
-    if (!gvec) {  // dot-product energies
-      e += P[a] * q[a];
-      continue;
-    }
     T x = P[a] + q[a];
     if (p.C > 0) {
       const T* pa = proj + a * p.C;
@@ -251,8 +248,8 @@ template <typename T> void launch(const AdditiveStepParams& p, cudaStream_t stre
 }  // namespace
 
 void additive_step(const AdditiveStepParams& p, const Launch& at) {
-  if (p.B < 1 || p.T < 1 || p.A < 1 || p.N < 1)
-    fail("B, T, A and N must be >= 1, got B=" + std::to_string(p.B) + " T=" + std::to_string(p.T) +
+  if (p.B < 1 || p.T < 1 || p.A < 1 || p.N < 0)
+    fail("B, T and A must be >= 1 and N >= 0, got B=" + std::to_string(p.B) + " T=" + std::to_string(p.T) +
          " A=" + std::to_string(p.A) + " N=" + std::to_string(p.N));
   if (p.Ev < 0) fail("Ev must be >= 0, got " + std::to_string(p.Ev));
   if (!(std::isfinite(p.scaling) && p.scaling > 0))
@@ -263,9 +260,11 @@ void additive_step(const AdditiveStepParams& p, const Launch& at) {
   if (p.q != p.query) fail("on the GPU q is computed into the query scratch (p.q must be p.query)");
   if (p.Dz < 1) fail("Dz must be >= 1, got " + std::to_string(p.Dz));
   if (p.P_frames_inner) fail("on the GPU P must be [B, T, A] C-contiguous");
+  if (!p.gvec)
+    throw UnsupportedError(std::string(kOp) + ": dot-product energies (gvec_w None) run on the CPU only: the "
+                           "GPU query has no bias and no tanh");
   if (p.C > 0) {
     if (!p.att_in || !p.conv_w || !p.proj) fail("a location term needs att_in, conv_w and conv_proj");
-    if (!p.gvec) fail("dot-product energies (gvec_w None) take no location term (att_in must be None)");
     if (p.K % 2 == 0) fail("the location kernel width must be odd (2F+1), got " + std::to_string(p.K));
     if (p.R < 1) fail("att_in must have at least one row, got R=" + std::to_string(p.R));
     if (p.C > kMaxChannels)
@@ -278,6 +277,7 @@ void additive_step(const AdditiveStepParams& p, const Launch& at) {
   if ((p.T + kTileFrames - 1) / kTileFrames > 0x7fffffffLL || (p.Ev + kContextThreads - 1) / kContextThreads > 0x7fffffffLL ||
       (p.A + kQueryWarps - 1) / kQueryWarps > 0x7fffffffLL)
     throw UnsupportedError(std::string(kOp) + ": T, A or Ev too large for one launch on the GPU");
+  if (p.N == 0) return;  // no rows: nothing to launch (as on the CPU)
   DeviceGuard on(at.device, kOp);
   const auto stream = reinterpret_cast<cudaStream_t>(at.stream);
   switch (p.dtype) {

@@ -95,7 +95,7 @@ void ctc_prefix_scores(const CtcPrefixParams& p, const Launch& at) {
   if (!p.x || !p.label_col || !p.blank_col || !p.r_sum || !p.r_blank || !p.repeat || !p.r || !p.psi)
     fail("every array must be given");
   const int64_t lanes = p.N * p.C;
-  if (p.T == 0 || lanes == 0) return;
+  if (lanes == 0) return;  // (T == 0 runs: the kernel writes psi = logzero, start >= 1 being > T)
   if (p.M < 1) fail("x must have at least one column, got M=" + std::to_string(p.M));
   if ((lanes + kThreads - 1) / kThreads > 0x7fffffffLL)
     throw UnsupportedError(std::string(kOp) + ": N x C too large for one launch on the GPU");

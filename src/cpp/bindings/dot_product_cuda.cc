@@ -105,6 +105,13 @@ void sdpa_cuda(nb::ndarray<> q_in, nb::ndarray<> k_in, nb::ndarray<> v_in, nb::n
     for (int i = 0; i < 4; ++i) p.mask_stride[i] = mask->stride(i);
     p.mask = mask->data();
   }
+  // Other blocks would overwrite a mask or lengths that a block is still reading.
+  for (const auto* a : {&lengths, &mask}) {
+    if (!*a) continue;
+    if (out.may_overlap(**a)) value_error(std::string("out must not share memory with ") + (*a)->name() + " on the GPU");
+    if (weights && weights->may_overlap(**a))
+      value_error(std::string("weights must not share memory with ") + (*a)->name() + " on the GPU");
+  }
   p.causal = causal;
   p.causal_offset = causal_offset;
   p.scale = scale == 0.0 ? 1.0 / std::sqrt(double(p.D)) : scale;  // 0: the default, 1/sqrt(D)

@@ -24,7 +24,16 @@ void ctc_prefix_scores_cpu(const CtcPrefixParams& p) {
   };
   check_cols(p.label_col, p.N * p.C, "label_col");
   check_cols(p.blank_col, p.N, "blank_col");
-  if (p.T == 0 || p.N == 0 || p.C == 0) return;
+  if (p.N == 0 || p.C == 0) return;
+  if (p.T == 0) {  // no frame for any candidate (start >= 1 > T): psi is logzero, as for any start > T
+    for (int64_t i = 0; i < p.N * p.C; ++i) {
+      if (p.dtype == DType::f32)
+        static_cast<float*>(p.psi)[i] = float(p.logzero);
+      else
+        static_cast<double*>(p.psi)[i] = p.logzero;
+    }
+    return;
+  }
   ATTNKIT_CPU_DISPATCH(ctc_prefix_scores, p);
 }
 
