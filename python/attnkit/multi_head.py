@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attnkit._arrays import describe, host_float_array
+from attnkit._arrays import c_aligned, describe, host_float_array
 from attnkit._core import UnsupportedError
 from attnkit._linear import PackedWeight, linear
 from attnkit.dot_product import scaled_dot_product_attention
@@ -87,11 +87,21 @@ def _projections(params: dict, e: int, ek: int, ev: int, dtype: np.dtype):
     )
 
 
+# Below this many rows (a decoder step's B x Tq) a projection reads the weight as it is: packing
+# it for one call costs more than the packed layout saves (2 threads, 256 -> 256: 10 rows 40 us
+# as it is, 126 us with the packing; 32 rows 89 vs 82; 512 -> 512: 10 rows 121 vs 238 us).
+_PACK_ROWS = 32
+
+
 def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    # attnkit's own GEMM on the weight packed for this call (~0.2 ms for d_model 256) rather
-    # than NumPy's BLAS, whose threads keep spinning beside attnkit's pool: B=8 T=512 E=256 H=4
-    # at 2 threads, 36-46 ms with `@`, 31 ms with this (benchmarks/NOTES.md).
-    return linear(x, PackedWeight(w, half=False), b)  # packed per call: no exactness scan
+    # attnkit's own GEMM rather than NumPy's BLAS, whose threads keep spinning beside attnkit's
+    # pool: B=8 T=512 E=256 H=4 at 2 threads, 36-46 ms with `@`, 31 ms with this
+    # (benchmarks/NOTES.md). Many rows: on the weight packed for this call (~0.05 ms for d_model
+    # 256, ~0.2 ms for 512; no exactness scan).
+    b = None if b is None else c_aligned(b)
+    if x.size < _PACK_ROWS * x.shape[-1]:
+        return linear(x, c_aligned(w), b)
+    return linear(x, PackedWeight(w, half=False), b)
 
 
 def _batch_first(query, key, value):
