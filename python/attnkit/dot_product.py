@@ -77,8 +77,9 @@ def scaled_dot_product_attention(
     leading axes of q, k and v broadcast (e.g. k and v ``[B, 1, Tk, D]`` shared by every head):
     the output is ``[*L, Tq, Dv]`` with L the broadcast leading shape. With ``enable_gqa=True``
     (grouped-query attention) k and v may have fewer heads (axis -3) than q, dividing q's: query
-    head ``h`` uses kv head ``h // (Hq / Hkv)``. Shared and grouped k and v are read in place,
-    never repeated in memory.
+    head ``h`` uses kv head ``h // (Hq / Hkv)``. Shared and grouped k and v are read in place
+    (repeated in memory only when k and v are grouped differently, or for 3-D grouped inputs
+    with ``key_lengths``, whose lengths then index the heads).
 
     Masking, all optional and combinable:
 
@@ -171,7 +172,7 @@ def _sdpa_broadcast(q, k, v, key_lengths, mask, causal, scale, enable_gqa, retur
         _core.sdpa(q4, k4, v4, o4, w4, lengths, m4, offset is not None, offset or 0, scale or 0.0, False)
 
     return broadcast_call(q, k, v, key_lengths=key_lengths, mask=None if mask is None else _host_mask(mask, q.dtype),
-                          enable_gqa=enable_gqa, pack_groups=causal is False, return_weights=return_weights, out=out,
+                          enable_gqa=enable_gqa, pack_groups=not causal, return_weights=return_weights, out=out,
                           ops=HostOps, run=run)
 
 
@@ -213,4 +214,4 @@ def _sdpa_gpu(q, k, v, key_lengths, mask, causal, scale, enable_gqa, return_weig
         if mask is not None and call.dtype_name(mask) != "bool":
             mask = lib.cast_like(mask, q)
         return broadcast_call(q, k, v, key_lengths=key_lengths, mask=mask, enable_gqa=enable_gqa,
-                              pack_groups=causal is False, return_weights=return_weights, out=out, ops=lib, run=launch)
+                              pack_groups=not causal, return_weights=return_weights, out=out, ops=lib, run=launch)
