@@ -199,6 +199,24 @@ def test_step_linear_matches_numpy(isa, rng, dtype, N, K, A, packed):
     assert_close(linear(x.astype(dtype), weight, tanh=True), np.tanh(ref), dtype, "tanh(linear), no bias")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+# A and K around the vector widths and the 64-byte panels (16 float32, 8 float64 outputs); big
+# enough to run on the pool (A * K >= 2^16).
+@pytest.mark.parametrize("A,K", [(1, 1), (1, 100), (100, 1), (7, 9), (16, 16), (17, 33), (33, 8), (300, 257)])
+def test_panels_are_the_weight_transposed_in_blocks(isa, rng, dtype, A, K):
+    from attnkit._linear import PackedWeight
+
+    w = rng.standard_normal((A, K)).astype(dtype)
+    P = 64 // w.itemsize
+    padded = np.zeros((-(-A // P) * P, K), dtype)
+    padded[:A] = w
+    want = padded.reshape(-1, P, K).transpose(0, 2, 1)
+    for weight in (w, np.asfortranarray(w), w[::-1][::-1]):  # any layout in
+        packed = PackedWeight(weight, half=False)
+        np.testing.assert_array_equal(packed.panels, want)
+        np.testing.assert_array_equal(packed.unpacked(), w)
+
+
 def test_packed_linear_checks_the_panels(rng):
     from attnkit._linear import PackedWeight
 
@@ -211,6 +229,12 @@ def test_packed_linear_checks_the_panels(rng):
         _core.linear(x, w, None, np.empty((2, 20), np.float32), packed=True)
     with pytest.raises(TypeError, match="PackedWeight: weight must be a 2-D float32 or float64 array"):
         PackedWeight(w.astype(np.int32))
+    with pytest.raises(ValueError, match=r"panels must be .* shape \(2, 5, 16\), got float32 \(1, 5, 16\)"):
+        _core.pack_linear_weight(w, np.empty((1, 5, 16), np.float32))
+    frozen = np.empty((2, 5, 16), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="panels must be writeable and apart from weight"):
+        _core.pack_linear_weight(w, frozen)
 
 
 @pytest.mark.parametrize("packed", [False, True])

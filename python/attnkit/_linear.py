@@ -43,10 +43,8 @@ class PackedWeight:
                             f"{weight.dtype} {weight.shape}")
         A, K = weight.shape
         P = 64 // weight.itemsize
-        n = -(-A // P)
-        padded = np.zeros((n * P, K), weight.dtype)
-        padded[:A] = weight
-        panels = np.ascontiguousarray(padded.reshape(n, P, K).transpose(0, 2, 1))
+        panels = np.empty((-(-A // P), K, P), weight.dtype)
+        _core.pack_linear_weight(c_aligned(weight), panels)
         if half is False or (half is None and _core.active_isa() not in _HARDWARE_HALF_ISAS):
             self.half = False
         else:

@@ -88,16 +88,17 @@ def _projections(params: dict, e: int, ek: int, ev: int, dtype: np.dtype):
 
 
 # Below this many rows (a decoder step's B x Tq) a projection reads the weight as it is: packing
-# it for one call costs more than the packed layout saves (2 threads, 256 -> 256: 10 rows 40 us
-# as it is, 126 us with the packing; 32 rows 89 vs 82; 512 -> 512: 10 rows 121 vs 238 us).
-_PACK_ROWS = 32
+# it for one call costs more than the packed layout saves (2 threads, 256 -> 256: 1 row 6 us as
+# it is, 47 us with the packing; 5 rows 26 vs 24; 10 rows 49 vs 36; 512 -> 512: 5 rows 113 vs
+# 88 us).
+_PACK_ROWS = 4
 
 
 def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     # attnkit's own GEMM rather than NumPy's BLAS, whose threads keep spinning beside attnkit's
     # pool: B=8 T=512 E=256 H=4 at 2 threads, 36-46 ms with `@`, 31 ms with this
-    # (benchmarks/NOTES.md). Many rows: on the weight packed for this call (~0.05 ms for d_model
-    # 256, ~0.2 ms for 512; no exactness scan).
+    # (benchmarks/NOTES.md). More rows: on the weight packed for this call (~15 us for d_model
+    # 256, ~40 us for 512; no exactness scan).
     b = None if b is None else c_aligned(b)
     if x.size < _PACK_ROWS * x.shape[-1]:
         return linear(x, c_aligned(w), b)

@@ -112,6 +112,14 @@ struct LinearParams {
 // (one AVX-512 vector, two AVX2 vectors), so a packed weight serves every ISA.
 constexpr int64_t kLinearPanelBytes = 64;
 
+// A Linear weight [A][K] (contiguous) into the packed panels of LinearParams, rows past A zero.
+struct PackLinearParams {
+  DType dtype = DType::f32;
+  int64_t A = 0, K = 0;
+  const void* w = nullptr;  // [A][K]
+  void* panels = nullptr;   // [ceil(A / P)][K][P]
+};
+
 // The cells of torch.nn.LSTM (G = 4 gates, order i, f, g, o) and torch.nn.GRU (G = 3, r, z, n).
 enum class RecurrentCell : int { lstm = 0, gru = 1 };
 

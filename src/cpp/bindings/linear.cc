@@ -48,9 +48,29 @@ void linear(nb::handle x_obj, nb::handle w_obj, nb::handle b_obj, nb::handle out
   linear_cpu(p);
 }
 
+void pack_linear_weight(nb::handle w_obj, nb::handle panels_obj) {
+  HostArray w(w_obj, kOp, "weight"), panels(panels_obj, kOp, "panels");
+  if ((w.kind() != Kind::f32 && w.kind() != Kind::f64) || w.ndim() != 2)
+    throw TypeError(std::string(kOp) + ": weight must be a 2-D float32 or float64 array, got " + w.dtype_name() +
+                    " " + w.shape_str());
+  PackLinearParams p;
+  p.dtype = w.kind() == Kind::f32 ? DType::f32 : DType::f64;
+  p.A = w.shape(0), p.K = w.shape(1);
+  const int64_t panel = kLinearPanelBytes / w.itemsize();
+  check(w, "weight", w.kind(), {p.A, p.K});
+  check(panels, "panels", w.kind(), {(p.A + panel - 1) / panel, p.K, panel});
+  if (panels.readonly() || panels.may_overlap(w))
+    throw ValueError(std::string(kOp) + ": panels must be writeable and apart from weight");
+  p.w = w.data(), p.panels = panels.data();
+  nb::gil_scoped_release release;
+  pack_linear_weight_cpu(p);
+}
+
 }  // namespace
 
 void register_linear(nb::module_& m) {
+  m.def("pack_linear_weight", &pack_linear_weight, nb::arg("weight"), nb::arg("panels"),
+        "Private: a Linear weight [A, K] into the kernel's panels (see attnkit._linear.PackedWeight).");
   m.def("linear", &linear, nb::arg("x"), nb::arg("weight"), nb::arg("bias").none(), nb::arg("out"),
         nb::arg("packed") = false, nb::arg("tanh") = false,
         "Private: y = x weight^T + bias (tanh of it with tanh=True) for the few rows of a decoder step "

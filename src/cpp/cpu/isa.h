@@ -25,6 +25,7 @@ void set_active_isa(const std::string& name);  // throws ValueError / Unsupporte
   void sdpa_forward(const ::attnkit::SdpaParams& p);                                      \
   void additive_step(const ::attnkit::AdditiveStepParams& p);                             \
   void linear(const ::attnkit::LinearParams& p);                                          \
+  void pack_linear_weight(const ::attnkit::PackLinearParams& p);                          \
   void recurrent_layer(const ::attnkit::RecurrentLayerParams& p);                         \
   void cell_update(const ::attnkit::CellUpdateParams& p);                                 \
   void log_softmax(const ::attnkit::LogSoftmaxParams& p);                                 \
