@@ -9,6 +9,7 @@
 //     output accumulator, so nothing is reduced at the end. A tile is R rows x one panel, 12
 //     accumulators. Near the FMA peak. float32 panels may be stored as float16 (Tw = uint16_t,
 //     the IEEE bits) when that is exact: the same sums from half the bytes.
+// pack_linear_weight writes that packed layout from the [A, K] one.
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
