@@ -105,8 +105,8 @@ class AttnkitCPU(Backend):
         if case.op == "decode":
             return decode.attnkit_calls(case, copies)
         if case.op == "sdpa":
-            f, causal = attnkit.scaled_dot_product_attention, case.causal
-            return [lambda c=c: f(c["q"], c["k"], c["v"], key_lengths=c["key_lengths"], causal=causal)
+            f, causal, gqa = attnkit.scaled_dot_product_attention, case.causal, case.grouped
+            return [lambda c=c: f(c["q"], c["k"], c["v"], key_lengths=c["key_lengths"], causal=causal, enable_gqa=gqa)
                     for c in copies]
         f, H = attnkit.multi_head_attention, case.H
         return [lambda c=c: f(c["query"], c["key"], c["value"], params, num_heads=H,
@@ -119,8 +119,10 @@ class AttnkitCPU(Backend):
 
 def numpy_sdpa(q, k, v, key_lengths=None, causal=False, scale=None, xp=np):
     """The textbook computation: S = scale q k^T, masked with -inf, softmax over keys, S v, in
-    NumPy (or CuPy: xp=cupy). (A query with no visible key would give NaN; the benchmark cases
-    have none.)"""
+    NumPy (or CuPy: xp=cupy); grouped kv heads repeated to q's. (A query with no visible key
+    would give NaN; the benchmark cases have none.)"""
+    if k.shape[1] != q.shape[1]:
+        k, v = (xp.repeat(x, q.shape[1] // x.shape[1], axis=1) for x in (k, v))
     Tq, Tk = q.shape[-2], k.shape[-2]
     s = xp.matmul(q, xp.swapaxes(k, -1, -2))
     s *= (1.0 / math.sqrt(q.shape[-1])) if scale is None else scale
@@ -223,8 +225,8 @@ class TorchCPU(Backend):
             for c in copies:
                 q, k, v = (torch.from_numpy(c[x]) for x in ("q", "k", "v"))
                 mask, is_causal = self._sdpa_mask(torch, case, c["key_lengths"])
-                out.append(lambda q=q, k=k, v=v, m=mask, ic=is_causal:
-                           F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=ic))
+                out.append(lambda q=q, k=k, v=v, m=mask, ic=is_causal, g=case.grouped:
+                           F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=ic, enable_gqa=g))
             return out
         dtype = getattr(torch, case.dtype)
         m = torch.nn.MultiheadAttention(case.E, case.H, batch_first=True, dtype=dtype).eval()
@@ -283,7 +285,10 @@ class OnnxRuntimeCPU(Backend):
     def supports(self, case):
         if case.dtype != "float32":
             return f"dtype {case.dtype} not benchmarked"
-        return super().supports(case)
+        reason = super().supports(case)
+        if reason is None and case.grouped:
+            return "grouped kv heads are not benchmarked (its graph repeats no heads)"
+        return reason
 
     def set_threads(self, n):
         self._threads = n
@@ -412,7 +417,7 @@ class AttnkitCUDA(CudaBackend):
 
             return ctc_prefix.attnkit_calls(case, copies, cupy)
         return [lambda c=c: attnkit.scaled_dot_product_attention(c["q"], c["k"], c["v"], key_lengths=c["key_lengths"],
-                                                                 causal=case.causal)
+                                                                 causal=case.causal, enable_gqa=case.grouped)
                 for c in self.device_copies(case, copies)]
 
     @staticmethod
@@ -516,8 +521,8 @@ class TorchCUDA(CudaBackend):
             q, k, v = (torch.from_numpy(c[x]).cuda() for x in ("q", "k", "v"))
             mask, is_causal = TorchCPU._sdpa_mask(torch, case, c["key_lengths"])
             mask = None if mask is None else mask.cuda()
-            out.append(lambda q=q, k=k, v=v, m=mask, ic=is_causal:
-                       F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=ic))
+            out.append(lambda q=q, k=k, v=v, m=mask, ic=is_causal, g=case.grouped:
+                       F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=ic, enable_gqa=g))
         return out
 
 

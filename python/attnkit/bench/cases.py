@@ -111,7 +111,8 @@ class Workload:
 
 @dataclass(frozen=True)
 class Case(Workload):
-    """One workload. For ``op="sdpa"`` q is [B, H, Tq, D], k [B, H, Tk, D], v [B, H, Tk, Dv].
+    """One workload. For ``op="sdpa"`` q is [B, H, Tq, D], k [B, Hkv, Tk, D], v [B, Hkv, Tk, Dv]
+    (``kv_heads`` Hkv < H: grouped-query attention, torch's ``enable_gqa``; default Hkv = H).
     For ``op="mha"`` the model size is E = H*D: query [B, Tq, E], key = value [B, Tk, E] (the same
     array; for ``self_attention`` query is that array too, Tq = Tk)."""
 
@@ -126,6 +127,7 @@ class Case(Workload):
     lengths: bool = False  # unsorted key lengths between Tk/2 and Tk (padded batch)
     causal: bool = False
     self_attention: bool = False  # mha only
+    kv_heads: int | None = None  # sdpa only: k and v heads, dividing H (None: H)
     rotate: bool = True  # cycle several input copies so timings are not pure cache figures
     dtype: str = "float32"
 
@@ -134,6 +136,8 @@ class Case(Workload):
             raise ValueError(f"Case: op must be one of {ATTENTION_OPS}, got {self.op!r}")
         if self.self_attention and self.Tq != self.Tk:
             raise ValueError(f"Case: self-attention needs Tq == Tk, got {self.Tq} and {self.Tk}")
+        if self.kv_heads is not None and (self.op != "sdpa" or self.kv_heads < 1 or self.H % self.kv_heads):
+            raise ValueError(f"Case: kv_heads must divide H={self.H} (sdpa only), got {self.kv_heads}")
 
     @property
     def dv(self) -> int:
@@ -144,6 +148,15 @@ class Case(Workload):
         return self.H * self.D
 
     @property
+    def hk(self) -> int:
+        """Heads of k and v."""
+        return self.H if self.kv_heads is None else self.kv_heads
+
+    @property
+    def grouped(self) -> bool:
+        return self.hk != self.H
+
+    @property
     def label(self) -> str:
         """A human-readable, unique-per-suite description, e.g. ``enc B=8 H=4 T=512 D=64 lens``."""
         if self.op == "mha":
@@ -151,14 +164,15 @@ class Case(Workload):
             s = f"{self.name} B={self.B} {t} E={self.E} H={self.H}"
         else:
             t = f"T={self.Tq}" if self.Tq == self.Tk else f"Tq={self.Tq} Tk={self.Tk}"
-            s = f"{self.name} B={self.B} H={self.H} {t} D={self.D}"
+            s = f"{self.name} B={self.B} H={self.H}{f' Hkv={self.hk}' if self.grouped else ''} {t} D={self.D}"
             if self.Dv is not None and self.Dv != self.D:
                 s += f" Dv={self.Dv}"
         return s + (" lens" if self.lengths else "") + (" causal" if self.causal else "")
 
     @property
     def series(self) -> str:
-        s = f"{self.name} D={self.D}" + ("" if self.Dv is None or self.Dv == self.D else f" Dv={self.Dv}")
+        s = f"{self.name}{f' Hkv={self.hk}' if self.grouped else ''} D={self.D}"
+        s += "" if self.Dv is None or self.Dv == self.D else f" Dv={self.Dv}"
         return s + (" lens" if self.lengths else "") + (" causal" if self.causal else "")
 
     @property
@@ -167,6 +181,8 @@ class Case(Workload):
 
     def shape(self) -> dict:
         d = {"B": self.B, "H": self.H, "Tq": self.Tq, "Tk": self.Tk, "D": self.D, "Dv": self.dv}
+        if self.grouped:
+            d["Hkv"] = self.hk
         if self.op == "mha":
             d["E"] = self.E
         return d
@@ -202,7 +218,7 @@ class Case(Workload):
         item = np.dtype(self.dtype).itemsize
         B, H, Tq, Tk = self.B, self.H, self.Tq, self.Tk
         if self.op == "sdpa":
-            return item * B * H * (Tq * self.D + Tk * self.D + Tk * self.dv + Tq * self.dv)
+            return item * B * (H * Tq * (self.D + self.dv) + self.hk * Tk * (self.D + self.dv))
         E = self.E
         acts = B * Tq * E if self.self_attention else B * Tq * E + B * Tk * E
         return item * (acts + 4 * E * E + 4 * E + B * Tq * E)
@@ -211,7 +227,7 @@ class Case(Workload):
         """Bytes of one copy of the inputs that vary per call (used to size the rotation)."""
         item = np.dtype(self.dtype).itemsize
         if self.op == "sdpa":
-            return item * self.B * self.H * (self.Tq * self.D + self.Tk * (self.D + self.dv))
+            return item * self.B * (self.H * self.Tq * self.D + self.hk * self.Tk * (self.D + self.dv))
         return item * self.B * self.E * (self.Tq + (0 if self.self_attention else self.Tk))
 
     def scores_bytes(self) -> int:
@@ -230,8 +246,8 @@ class Case(Workload):
         lens = self.key_lengths()
         if self.op == "sdpa":
             B, H = self.B, self.H
-            return {"q": randn(B, H, self.Tq, self.D), "k": randn(B, H, self.Tk, self.D),
-                    "v": randn(B, H, self.Tk, self.dv), "key_lengths": lens}
+            return {"q": randn(B, H, self.Tq, self.D), "k": randn(B, self.hk, self.Tk, self.D),
+                    "v": randn(B, self.hk, self.Tk, self.dv), "key_lengths": lens}
         memory = randn(self.B, self.Tk, self.E)
         query = memory if self.self_attention else randn(self.B, self.Tq, self.E)
         return {"query": query, "key": memory, "value": memory, "key_lengths": lens}
@@ -532,7 +548,7 @@ def quick_cases() -> list[Workload]:
 
 def full_cases() -> list[Workload]:
     """The full sweep: encoder self-attention up to T=8192 with D 64 and 128, padded and causal
-    variants, decoder steps and beams over one encoder memory, per-call overhead, multi-head
+    variants, decoder steps and beams over one encoder memory, grouped kv heads, per-call overhead, multi-head
     attention at ESPnet Transformer recipe size (d_model 256, 4 heads), every ESPnet step case,
     the CTC prefix scorer and every decoding case."""
     return [
@@ -552,6 +568,9 @@ def full_cases() -> list[Workload]:
         sdpa_case("dec-step", 10, 4, 1, 500, 64, lengths=True),
         sdpa_case("beam", 4, 4, 10, 500, 64),
         sdpa_case("beam", 4, 4, 10, 2000, 64, lengths=True),
+        # grouped-query attention (enable_gqa): 8 query heads on 2 kv heads
+        sdpa_case("dec-step", 10, 8, 1, 500, 64, kv_heads=2),
+        sdpa_case("enc", 4, 8, 512, 512, 64, kv_heads=2),
         TINY,
         # multi-head attention with projections, d_model 256, 4 heads
         mha_case("mha-self", 8, 512, 512, 256, 4, self_attention=True),
