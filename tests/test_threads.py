@@ -86,6 +86,35 @@ def test_results_are_bitwise_reproducible_for_a_thread_count(threads, n):
             np.testing.assert_array_equal(a, b, err_msg=f"{name}, {n} threads")
 
 
+def test_parts_run_by_whichever_thread_is_free_give_the_same_bits(threads):
+    """The pool's parts are claimed by whichever of its threads is free, the caller included, so
+    a worker kept off its core by another busy thread leaves its part to the caller. Two
+    threads spinning on NumPy matmuls (OpenBLAS keeps its own threads spinning between calls)
+    and a pool of 3 on this 2-core machine: who runs which part changes from call to call, the
+    bits must not."""
+    threads(3)
+    want = {name: fn(4) for name, fn in RUNS}
+    stop = threading.Event()
+
+    def busy():
+        a = np.ones((96, 96), np.float32)
+        while not stop.is_set():
+            a @ a
+
+    others = [threading.Thread(target=busy) for _ in range(2)]
+    for t in others:
+        t.start()
+    try:
+        for _ in range(3):
+            for name, fn in RUNS:
+                for a, b in zip(fn(4), want[name]):
+                    np.testing.assert_array_equal(a, b, err_msg=name)
+    finally:
+        stop.set()
+        for t in others:
+            t.join()
+
+
 def longest_stall(work) -> tuple[float, float]:
     """Runs work() on another thread while this one ticks; returns (work's duration, longest gap
     between ticks). A call that keeps the GIL stalls the ticking for its whole duration."""
