@@ -62,10 +62,10 @@ class AttLocRec(EncoderProjection):
         h = check_array(op, "state.h", state.h, (n, self.att_dim), self._dtype, "([N, att_dim] LSTM output)")
         c = check_array(op, "state.c", state.c, (n, self.att_dim), self._dtype, "([N, att_dim] LSTM cell)")
 
-        f = np.maximum(location_conv(a[:, None, :], self._p("loc_conv.weight")[:, 0]), 0)  # [N, T, C]
-        if self.masked_max_pool:
-            f[np.arange(t)[None, :] >= prepared.lengths[rows][:, None]] = 0  # ReLU output >= 0: 0 never wins
-        v = f.max(axis=1)
+        f = np.maximum(location_conv(a[:, None, :], self._p("loc_conv.weight")[:, 0]), 0)  # [N, C, T]
+        if self.masked_max_pool:  # ReLU output >= 0: 0 never wins
+            f[np.broadcast_to((np.arange(t)[None, :] >= prepared.lengths[rows][:, None])[:, None], f.shape)] = 0
+        v = f.max(axis=2)
         h_new, c_new = lstm_update(linear(h, self._packed("att_lstm.weight_hh")),
                                    linear(v, self._packed("att_lstm.weight_ih")), c)
 

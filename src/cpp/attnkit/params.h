@@ -157,6 +157,17 @@ struct CellUpdateParams {
   void* c_new = nullptr;      // [N][H] (lstm only)
 };
 
+// ESPnet's location convolution of N inputs x [N][R][T] by w [C][R][K] (K = 2F + 1, may exceed T)
+// into f [N][C][T]: f[n][c][t] = sum_r sum_j w[c][r][j] x[n][r][t + j - F], x read as 0 outside
+// [0, T) (a cross-correlation, as torch's conv). C-contiguous, one float dtype, f not overlapping.
+struct LocationConvParams {
+  DType dtype = DType::f32;
+  int64_t N = 0, R = 0, T = 0, C = 0, K = 0;
+  const void* x = nullptr;
+  const void* w = nullptr;
+  void* f = nullptr;
+};
+
 // log_softmax over each row of x [N][V] into y [N][V] (y may be x), C-contiguous, one float dtype.
 struct LogSoftmaxParams {
   DType dtype = DType::f32;

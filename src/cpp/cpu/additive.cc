@@ -3,8 +3,7 @@
 // (keys C-contiguous: one accumulator per frame, summed by a transpose; keys frames-inner, the
 // [B, T, A] view of [B, A, T] storage that AttDot caches: tiles of rows x frames, no lane sums).
 // Per task (a slice of rows of one utterance):
-//   1. location features f[row][c][t] for the valid frames (conv with 2 frame vectors x 5
-//      channels of accumulators, so each load of the padded weights feeds 5 FMAs), once per
+//   1. location features f[row][c][t] for the valid frames (cpu/location_conv.h), once per
 //      group of rows with the same att_in (a search's siblings);
 //   2. energies block by block of 12 frames, the rows of the slice inner, so each block of the
 //      utterance's projection P (12 frames x A, copied once into an L1-resident, zero-padded
@@ -33,6 +32,7 @@
 #include "attnkit/params.h"
 #include "cpu/arena.h"
 #include "cpu/isa.h"
+#include "cpu/location_conv.h"
 #include "cpu/vec.h"
 
 namespace attnkit::cpu::ATTNKIT_ISA {
@@ -42,8 +42,6 @@ constexpr int64_t kMaxRowsPerTask = 8;  // beam rows sharing each P block
 constexpr int64_t kFrameBlock = 12;     // frames per P block (12 x 320 floats = 15 KiB)
 constexpr int kTileFrames = 6;          // pre-activation register tile: 6 frames ...
 constexpr int kAVecs = 2;               // ... x 2 vectors of A (12 accumulators)
-constexpr int kConvChans = 5;           // conv register tile: 5 channels ...
-constexpr int kConvVecs = 2;            // ... x 2 vectors of frames (10 accumulators)
 constexpr int kCtxRows = 5;             // context register tile: up to 5 rows x 2-8 vectors of E
 constexpr int64_t kDotBlockA = 32;      // terms per partial sum of a frames-inner dot-product energy
 constexpr double kLog2e = 1.4426950408889634;
@@ -76,7 +74,8 @@ struct AdditiveKernel {
   std::vector<T> proj_t;  // [C][A_pad]: proj transposed so that a is contiguous
   std::vector<T> gvec_pad, bias_pad;
   T gvec_sum = 0;
-  int64_t A_pad, F, T_pad;
+  int64_t A_pad, T_pad;
+  LocationConv<T> conv{};
   // Per position i of `order`: the first position of its utterance whose row has the same att_in
   // (i itself if none); siblings: some row has an earlier twin (a search's siblings).
   std::vector<int64_t> first_alike;
@@ -98,11 +97,11 @@ struct AdditiveKernel {
         gvec(static_cast<const T*>(params.gvec)) {
     // Whole register tiles of A (2 vectors); the pads are zero in every A-sized operand.
     A_pad = (p.A + kAVecs * W - 1) / (kAVecs * W) * (kAVecs * W);
-    F = (p.K - 1) / 2;
     // Room past T for a whole conv tile started at any frame (a task's frames start on an energy
     // block, not on a conv tile) and for the last 6-frame tile of the energies.
     const int64_t overrun = std::max<int64_t>(kConvVecs * W, kTileFrames);
     T_pad = (p.T + overrun + W - 1) / W * W;
+    conv = {conv_w, p.C, p.R, p.K, p.T, T_pad};
     // Zero-padded copies: the tail lanes past A then contribute gvec = 0 times anything = 0.
     gvec_pad.assign(A_pad, T(0));
     if (gvec) std::copy(gvec, gvec + p.A, gvec_pad.begin());
@@ -122,41 +121,11 @@ struct AdditiveKernel {
     }
   }
 
-  // f[c][t] for t in [t_begin, t_end), from att_in[n] (R rows of T), into f (C x T_pad), in
-  // whole tiles of 2 vectors of frames (up to a tile past t_end); pad is scratch of
-  // R x (T_pad + 2F + W).
+  // f[c][t] for t in [t_begin, t_end) of row n into f (C x T_pad), up to a tile past t_end;
+  // pad is scratch of R x conv.pad_width().
   void location_features(int64_t n, int64_t t_begin, int64_t t_end, T* f, T* pad) const {
-    const int64_t width = T_pad + 2 * F + W;
-    for (int64_t r = 0; r < p.R; ++r) {
-      T* row = pad + r * width;
-      std::fill(row, row + width, T(0));
-      std::copy(att_in + (n * p.R + r) * p.T, att_in + (n * p.R + r + 1) * p.T, row + F);
-    }
-    for (int64_t t = t_begin; t < t_end; t += kConvVecs * W) {
-      // Only the taps that reach an input frame of [0, T) for some output frame of the tile:
-      // the others read the zero padding (at T = 200, K = 201, a quarter of all taps).
-      const int64_t j_lo = std::max<int64_t>(0, F - (t + kConvVecs * W - 1));
-      const int64_t j_hi = std::min<int64_t>(p.K, F + p.T - t);
-      for (int64_t c0 = 0; c0 < p.C; c0 += kConvChans) {
-        const int cn = int(std::min<int64_t>(kConvChans, p.C - c0));
-        V acc[kConvChans][kConvVecs] = {};
-        for (int64_t r = 0; r < p.R; ++r) {
-          const T* x = pad + r * width + t;
-          const T* wr[kConvChans];
-          for (int c = 0; c < kConvChans; ++c) wr[c] = conv_w + ((c0 + std::min(c, cn - 1)) * p.R + r) * p.K;
-          for (int64_t j = j_lo; j < j_hi; ++j) {
-            V xv[kConvVecs];
-            for (int v = 0; v < kConvVecs; ++v) xv[v] = load(x + j + v * W);
-            for (int c = 0; c < kConvChans; ++c) {
-              const V wc = splat<T>(wr[c][j]);
-              for (int v = 0; v < kConvVecs; ++v) acc[c][v] += wc * xv[v];
-            }
-          }
-        }
-        for (int c = 0; c < cn; ++c)
-          for (int v = 0; v < kConvVecs; ++v) store(f + (c0 + c) * T_pad + t + v * W, acc[c][v]);
-      }
-    }
+    conv.pad_input(att_in + n * p.R * p.T, pad);
+    conv.features(pad, t_begin, t_end, f);
   }
 
   // The first i in [i0, i) whose row's att_in is bit-for-bit row order[i]'s, or -1.
@@ -549,7 +518,7 @@ struct AdditiveKernel {
     if (slices.empty()) return;  // N = 0: nothing to compute
 
     ScratchLayout lay;
-    const int64_t pad_width = T_pad + 2 * F + W;
+    const int64_t pad_width = conv.pad_width();
     const std::size_t off_f = lay.add<T>(kMaxRowsPerTask * std::max<int64_t>(p.C, 1) * T_pad);
     const std::size_t off_pad = lay.add<T>(std::max<int64_t>(p.R, 1) * pad_width);
     const std::size_t off_e = lay.add<T>(kMaxRowsPerTask * T_pad);

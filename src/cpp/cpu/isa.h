@@ -29,6 +29,7 @@ void set_active_isa(const std::string& name);  // throws ValueError / Unsupporte
   void recurrent_layer(const ::attnkit::RecurrentLayerParams& p);                         \
   void cell_update(const ::attnkit::CellUpdateParams& p);                                 \
   void log_softmax(const ::attnkit::LogSoftmaxParams& p);                                 \
+  void location_conv(const ::attnkit::LocationConvParams& p);                             \
   void ctc_prefix_scores(const ::attnkit::CtcPrefixParams& p);
 
 namespace portable { ATTNKIT_DECLARE_CPU_KERNELS }
