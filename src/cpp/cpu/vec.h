@@ -56,13 +56,48 @@ template <typename T> inline Vec<T> load(const T* p) {
   return v;
 }
 template <typename T> inline void store(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
-// Loads n < lanes elements and zero-fills the rest (tails).
+// Lanes [0, n) set: the mask of a partial load or store.
+template <typename T> inline VecI<T> first_lanes(int n) {
+  VecI<T> index;
+  for (int i = 0; i < lanes<T>(); ++i) index[i] = i;
+  return index < n;
+}
+// Loads n < lanes elements and zero-fills the rest (tails). A masked load where the ISA has one
+// (memory past n is never touched, as with the copy): a copy of n elements into a vector on the
+// stack costs a call and a store-forwarding stall, which made an SDPA decoder step with D = 36
+// (4 lanes left after 32) take 2-4x as long as one with D = 32 or 40 (NOTES.md, SDPA 10).
 template <typename T> inline Vec<T> load_partial(const T* p, int n) {
+#if defined(__AVX512F__) && ATTNKIT_VEC_BYTES == 64
+  if constexpr (sizeof(T) == 4)
+    return (Vec<T>)_mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), p);
+  else
+    return (Vec<T>)_mm512_maskz_loadu_pd(__mmask8((1u << n) - 1), p);
+#elif defined(__AVX2__) && ATTNKIT_VEC_BYTES == 32
+  if constexpr (sizeof(T) == 4)
+    return (Vec<T>)_mm256_maskload_ps(p, (__m256i)first_lanes<T>(n));
+  else
+    return (Vec<T>)_mm256_maskload_pd(p, (__m256i)first_lanes<T>(n));
+#else
   Vec<T> v = {};
   std::memcpy(&v, p, sizeof(T) * n);
   return v;
+#endif
 }
-template <typename T> inline void store_partial(T* p, Vec<T> v, int n) { std::memcpy(p, &v, sizeof(T) * n); }
+template <typename T> inline void store_partial(T* p, Vec<T> v, int n) {
+#if defined(__AVX512F__) && ATTNKIT_VEC_BYTES == 64
+  if constexpr (sizeof(T) == 4)
+    _mm512_mask_storeu_ps(p, __mmask16((1u << n) - 1), (__m512)v);
+  else
+    _mm512_mask_storeu_pd(p, __mmask8((1u << n) - 1), (__m512d)v);
+#elif defined(__AVX2__) && ATTNKIT_VEC_BYTES == 32
+  if constexpr (sizeof(T) == 4)
+    _mm256_maskstore_ps(p, (__m256i)first_lanes<T>(n), (__m256)v);
+  else
+    _mm256_maskstore_pd(p, (__m256i)first_lanes<T>(n), (__m256d)v);
+#else
+  std::memcpy(p, &v, sizeof(T) * n);
+#endif
+}
 
 // The bits of a float vector as integers and back: a cast between vector types of one size
 // reinterprets the bits (GCC vector extensions). reinterpret_cast through references instead is
