@@ -226,3 +226,36 @@ def test_results_do_not_depend_on_thread_count_in_tiled_path(rng):
     finally:
         attnkit.set_num_threads(before)
     assert np.array_equal(one, three)
+
+
+def guarded(shape, dtype, rng):
+    """A C-contiguous array of `shape` whose last element ends exactly where an unreadable page
+    begins: a load past the array's end faults (the process dies, and the test with it)."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    pages = (nbytes + page - 1) // page + 1
+    buf = mmap.mmap(-1, pages * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    if libc.mprotect(base + (pages - 1) * page, page, 0) != 0:  # PROT_NONE
+        pytest.skip("mprotect refused")
+    start = (pages - 1) * page - nbytes
+    a = np.frombuffer(buf, dtype=dtype, count=int(np.prod(shape)), offset=start).reshape(shape)
+    a[...] = rng.standard_normal(shape)
+    return a
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("Tq", [1, 3, 10])
+def test_partial_vectors_never_read_past_the_arrays(isa, rng, dtype, Tq):
+    """Decoder steps read K and V in place; the last key's and value's partial vector (D = 36,
+    Dv = 13) are masked loads, which must not touch the page after the array."""
+    B, H, Tk, D, Dv = 1, 2, 37, 36, 13
+    q = rng.standard_normal((B, H, Tq, D)).astype(dtype)
+    k, v = guarded((B, H, Tk, D), dtype, rng), guarded((B, H, Tk, Dv), dtype, rng)
+    got = attnkit.scaled_dot_product_attention(q, k, v, key_lengths=[Tk])
+    assert_close(got, ref_sdpa(q, k, v)[0], dtype, "guarded k, v")
