@@ -62,7 +62,8 @@ class AttLocRec(EncoderProjection):
         h = check_array(op, "state.h", state.h, (n, self.att_dim), self._dtype, "([N, att_dim] LSTM output)")
         c = check_array(op, "state.c", state.c, (n, self.att_dim), self._dtype, "([N, att_dim] LSTM cell)")
 
-        f = np.maximum(location_conv(a[:, None, :], self._p("loc_conv.weight")[:, 0]), 0)  # [N, C, T]
+        f = location_conv(a[:, None, :], self._p("loc_conv.weight")[:, 0])  # [N, C, T]
+        np.maximum(f, 0, out=f)
         if self.masked_max_pool:  # ReLU output >= 0: 0 never wins
             f[np.broadcast_to((np.arange(t)[None, :] >= prepared.lengths[rows][:, None])[:, None], f.shape)] = 0
         v = f.max(axis=2)
