@@ -162,7 +162,17 @@ def weighted_sum(w: np.ndarray, values: np.ndarray, lengths: np.ndarray, rows: n
                  valid_only: bool) -> np.ndarray:
     """out[n] = sum_t w[n,t] values[rows[n],t] -> ``[N, Ev]``, over t < lengths[rows[n]] when
     ``valid_only``, else over all T frames (ESPnet's Forward family, whose weights leak into the
-    padding). w ``[N, T]``, values ``[B, T, Ev]``."""
+    padding). w ``[N, T]``, values ``[B, T, Ev]``, one float dtype; rows and lengths int64. On the
+    C++ kernel (src/cpp/cpu/weighted_sum.cc), the fused step's context tiles."""
+    out = np.empty((w.shape[0], values.shape[2]), dtype=values.dtype)
+    _core.weighted_sum(c_aligned(w), c_aligned(values), c_aligned(rows), c_aligned(lengths) if valid_only else None,
+                       out)
+    return out
+
+
+def weighted_sum_reference(w: np.ndarray, values: np.ndarray, lengths: np.ndarray, rows: np.ndarray,
+                           valid_only: bool) -> np.ndarray:
+    """``weighted_sum`` in NumPy, one matrix product per utterance: the kernel's test twin."""
     out = np.empty((w.shape[0], values.shape[2]), dtype=values.dtype)
     for b, sel in row_groups(rows):
         end = int(lengths[b]) if valid_only else values.shape[1]

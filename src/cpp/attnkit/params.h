@@ -168,6 +168,19 @@ struct LocationConvParams {
   void* f = nullptr;
 };
 
+// The attention context of given weights: out[n][e] = sum_{t < L} w[n][t] * values[rows[n]][t][e]
+// with L = lengths[rows[n]], or T when lengths is null. w [N][T], values [B][T][Ev], out [N][Ev],
+// rows [N] in [0, B), lengths [B] in [0, T]; C-contiguous, one float dtype, out overlapping nothing.
+struct WeightedSumParams {
+  DType dtype = DType::f32;
+  int64_t N = 0, B = 0, T = 0, Ev = 0;
+  const void* w = nullptr;
+  const void* values = nullptr;
+  const int64_t* rows = nullptr;
+  const int64_t* lengths = nullptr;
+  void* out = nullptr;
+};
+
 // log_softmax over each row of x [N][V] into y [N][V] (y may be x), C-contiguous, one float dtype.
 struct LogSoftmaxParams {
   DType dtype = DType::f32;

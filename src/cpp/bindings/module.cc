@@ -11,6 +11,7 @@ NB_MODULE(_core, m) {
   register_additive_cuda(m);
   register_linear(m);
   register_location_conv(m);
+  register_weighted_sum(m);
   register_log_softmax(m);
   register_recurrent(m);
   register_cell_update(m);

@@ -12,7 +12,7 @@
 //      gvec dot product without leaving the registers (for a group of siblings, P + f proj^T
 //      goes once through an L1 buffer and each row adds its query);
 //   3. masked softmax with the scaling, and the context of up to 5 rows at once, so each
-//      vector of the values feeds 5 rows.
+//      vector of the values feeds 5 rows (cpu/weighted_sum.h).
 // With fewer slices than threads (one hypothesis), steps 1-2 run per range of frames on every
 // thread, then step 3's context per range of columns: the same sums in the same order, so the
 // same bits at any thread count.
@@ -34,6 +34,7 @@
 #include "cpu/isa.h"
 #include "cpu/location_conv.h"
 #include "cpu/vec.h"
+#include "cpu/weighted_sum.h"
 
 namespace attnkit::cpu::ATTNKIT_ISA {
 namespace {
@@ -42,7 +43,6 @@ constexpr int64_t kMaxRowsPerTask = 8;  // beam rows sharing each P block
 constexpr int64_t kFrameBlock = 12;     // frames per P block (12 x 320 floats = 15 KiB)
 constexpr int kTileFrames = 6;          // pre-activation register tile: 6 frames ...
 constexpr int kAVecs = 2;               // ... x 2 vectors of A (12 accumulators)
-constexpr int kCtxRows = 5;             // context register tile: up to 5 rows x 2-8 vectors of E
 constexpr int64_t kDotBlockA = 32;      // terms per partial sum of a frames-inner dot-product energy
 constexpr double kLog2e = 1.4426950408889634;
 
@@ -366,58 +366,10 @@ struct AdditiveKernel {
     std::fill(w + L, w + p.T, T(0));
   }
 
-  // ctx[n][e] = sum_t w[n, t] values[b, t, e] for e in [e_begin, e_end), for the R rows
-  // ns[0..R) of utterance b at once, so each vector of the values feeds R rows; NV vectors of E
-  // per pass keep ~10 accumulators whatever R is (a single row with 5-row tiles computed 5 rows'
-  // worth).
-  template <int R>
-  void context_rows(const int64_t* ns, int64_t b, int64_t L, int64_t e_begin, int64_t e_end) const {
-    constexpr int NV = R >= 4 ? 2 : (R == 3 ? 3 : 8 / R);
-    const T* w[R];
-    T* ctx[R];
-    for (int r = 0; r < R; ++r) {
-      w[r] = static_cast<const T*>(p.weights) + ns[r] * p.T;
-      ctx[r] = static_cast<T*>(p.context) + ns[r] * p.Ev;
-    }
-    const T* vb = values + b * p.T * p.Ev;
-    int64_t e0 = e_begin;
-    for (; e0 + NV * W <= e_end; e0 += NV * W) {
-      V acc[R][NV] = {};
-      for (int64_t t = 0; t < L; ++t) {
-        V vv[NV];
-        for (int v = 0; v < NV; ++v) vv[v] = load(vb + t * p.Ev + e0 + v * W);
-        for (int r = 0; r < R; ++r) {
-          const V wr = splat<T>(w[r][t]);
-          for (int v = 0; v < NV; ++v) acc[r][v] += wr * vv[v];
-        }
-      }
-      for (int r = 0; r < R; ++r)
-        for (int v = 0; v < NV; ++v) store(ctx[r] + e0 + v * W, acc[r][v]);
-    }
-    for (; e0 < e_end; e0 += W) {
-      const int width = int(std::min<int64_t>(W, e_end - e0));
-      V acc[R] = {};
-      for (int64_t t = 0; t < L; ++t) {
-        const V v0 = width == W ? load(vb + t * p.Ev + e0) : load_partial(vb + t * p.Ev + e0, width);
-        for (int r = 0; r < R; ++r) acc[r] += splat<T>(w[r][t]) * v0;
-      }
-      for (int r = 0; r < R; ++r) store_partial(ctx[r] + e0, acc[r], width);
-    }
-  }
-
-  // Columns [e_begin, e_end) of the context of rows ns[0..cnt) of utterance b, kCtxRows at a time.
-  __attribute__((noinline)) void context(const int64_t* ns, int64_t cnt, int64_t b, int64_t L, int64_t e_begin,
-                                         int64_t e_end) const {
-    static_assert(kCtxRows == 5, "context() dispatches tiles of 1 to 5 rows");
-    for (int64_t i = 0; i < cnt; i += kCtxRows) {
-      switch (std::min<int64_t>(kCtxRows, cnt - i)) {
-        case 1: context_rows<1>(ns + i, b, L, e_begin, e_end); break;
-        case 2: context_rows<2>(ns + i, b, L, e_begin, e_end); break;
-        case 3: context_rows<3>(ns + i, b, L, e_begin, e_end); break;
-        case 4: context_rows<4>(ns + i, b, L, e_begin, e_end); break;
-        default: context_rows<5>(ns + i, b, L, e_begin, e_end); break;
-      }
-    }
+  // The context of rows ns[0..cnt) of utterance b over frames [0, L), columns [e_begin, e_end).
+  void context(const int64_t* ns, int64_t cnt, int64_t b, int64_t L, int64_t e_begin, int64_t e_end) const {
+    const WeightedSum<T> sum{static_cast<const T*>(p.weights), values, static_cast<T*>(p.context), p.T, p.Ev};
+    sum(ns, cnt, b, L, e_begin, e_end);
   }
 
   // Energies of the task's rows over its frames, row order[i] into e + (i - task.i0) * T_pad.

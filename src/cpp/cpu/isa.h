@@ -30,6 +30,7 @@ void set_active_isa(const std::string& name);  // throws ValueError / Unsupporte
   void cell_update(const ::attnkit::CellUpdateParams& p);                                 \
   void log_softmax(const ::attnkit::LogSoftmaxParams& p);                                 \
   void location_conv(const ::attnkit::LocationConvParams& p);                             \
+  void weighted_sum(const ::attnkit::WeightedSumParams& p);                               \
   void ctc_prefix_scores(const ::attnkit::CtcPrefixParams& p);
 
 namespace portable { ATTNKIT_DECLARE_CPU_KERNELS }
