@@ -149,3 +149,104 @@ def test_bad_params_are_named(rng):
         mha(x, x, x, torch_layout(rng, 8, np.float32), num_heads=3)
     with pytest.raises(TypeError, match="params must be a dict"):
         mha(x, x, x, [1, 2], num_heads=2)
+
+
+# ---- the layer: weights packed once, a memory's keys and values projected once ----------------
+
+
+def separate_torch_layout(rng, E, Ek, Ev, dtype):
+    """torch.nn.MultiheadAttention's names when kdim/vdim differ from E (no packed in_proj)."""
+    p = {"q_proj_weight": rng.standard_normal((E, E)) / np.sqrt(E), "k_proj_weight": rng.standard_normal((E, Ek)),
+         "v_proj_weight": rng.standard_normal((E, Ev)), "in_proj_bias": rng.standard_normal(3 * E),
+         "out_proj.weight": rng.standard_normal((E, E)) / np.sqrt(E)}
+    return {n: a.astype(dtype) for n, a in p.items()}
+
+
+def reference_weights(p, E):
+    if "in_proj_weight" in p:
+        return split_torch(p, E)
+    if "q_proj_weight" in p:
+        b = p["in_proj_bias"]
+        return (p["q_proj_weight"], b[:E], p["k_proj_weight"], b[E : 2 * E], p["v_proj_weight"], b[2 * E :],
+                p["out_proj.weight"], None)
+    return [p[f"{n}.{t}"] for n in ("linear_q", "linear_k", "linear_v", "linear_out") for t in ("weight", "bias")]
+
+
+LAYOUTS = {"torch": lambda rng, dt: torch_layout(rng, 12, dt), "torch_kdim": lambda rng, dt: separate_torch_layout(rng, 12, 5, 7, dt),
+           "espnet": lambda rng, dt: espnet_layout(rng, 12, 9, 4, dt)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_layer_matches_the_reference_and_the_function(isa, rng, dtype, layout):
+    p = LAYOUTS[layout](rng, dtype)
+    layer = attnkit.MultiHeadAttention(p, num_heads=3, dtype=dtype)
+    E, Ek, Ev = 12, layer.kdim, layer.vdim
+    x = rng.standard_normal((3, 6, E)).astype(dtype)
+    k, v = rng.standard_normal((3, 10, Ek)).astype(dtype), rng.standard_normal((3, 10, Ev)).astype(dtype)
+    kl = [10, 1, 7]
+    out, w = layer(x, k, v, key_lengths=kl, return_weights=True)
+    ref, ref_w = ref_mha(x, k, v, *reference_weights(p, E), 3, key_lengths=kl)
+    assert_close(out, ref, dtype, f"{layout} cross-attention")
+    assert_close(w, ref_w, dtype, f"{layout} weights")
+    assert_close(out, mha(x, k, v, p, num_heads=3, key_lengths=kl), dtype, f"{layout} layer vs function")
+    if layout == "torch":
+        mask = rng.random((3, 6, 6)) > 0.3
+        assert_close(layer(x, x, x, mask=mask, causal=True), ref_mha(x, x, x, *reference_weights(p, E), 3, mask=mask,
+                                                                      causal=True)[0], dtype, "self-attention")
+    seq_first = layer(x.transpose(1, 0, 2), k.transpose(1, 0, 2), v.transpose(1, 0, 2), key_lengths=kl,
+                      batch_first=False)
+    np.testing.assert_array_equal(seq_first, out.transpose(1, 0, 2))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_layer_memory_gives_the_bits_of_its_key_and_value(rng, layout):
+    """A decoder's cross-attention steps on a memory projected once: the same numbers as projecting
+    the key and value in every call, with lengths, masks and weights."""
+    p = LAYOUTS[layout](rng, np.float32)
+    layer = attnkit.MultiHeadAttention(p, num_heads=3)
+    k = rng.standard_normal((4, 21, layer.kdim)).astype(np.float32)
+    v = k if layer.kdim == layer.vdim else rng.standard_normal((4, 21, layer.vdim)).astype(np.float32)
+    memory = layer.memory(k, None if v is k else v)
+    assert isinstance(memory, attnkit.MultiHeadMemory) and memory.keys.shape == (4, 21, 12)
+    for step in range(3):
+        y = rng.standard_normal((4, 1, 12)).astype(np.float32)
+        mask = rng.random((4, 1, 21)) > 0.2
+        got = layer(y, memory=memory, key_lengths=[21, 3, 17, 1], mask=mask, return_weights=True)
+        want = layer(y, k, v, key_lengths=[21, 3, 17, 1], mask=mask, return_weights=True)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    seq_first = layer.memory(k.transpose(1, 0, 2), None if v is k else v.transpose(1, 0, 2), batch_first=False)
+    np.testing.assert_array_equal(seq_first.values, memory.values)
+
+
+def test_layer_refuses_bad_arguments(rng):
+    p = torch_layout(rng, 8, np.float32)
+    layer = attnkit.MultiHeadAttention(p, num_heads=2)
+    assert "embed_dim=8, num_heads=2" in repr(layer)
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    memory = layer.memory(rng.standard_normal((2, 5, 8)).astype(np.float32))
+    with pytest.raises(TypeError, match="query must have the layer's dtype float32, got float64"):
+        layer(x.astype(np.float64), x, x)
+    with pytest.raises(ValueError, match=r"key must have 8 features \(last axis\), got shape \(2, 3, 7\)"):
+        layer(x, x[..., :7], x)
+    with pytest.raises(ValueError, match="key and value, or memory, not both"):
+        layer(x, x, x, memory=memory)
+    with pytest.raises(ValueError, match=r"key and value \(or memory=\) are required"):
+        layer(x)
+    with pytest.raises(ValueError, match=r"memory must hold \[B=3, Tk, 8\]"):
+        layer(np.concatenate([x, x[:1]]), memory=memory)
+    with pytest.raises(TypeError, match="memory must come from MultiHeadAttention.memory"):
+        layer(x, memory=(memory.keys, memory.values))
+    with pytest.raises(ValueError, match="key and value must be"):
+        layer.memory(x, x[:, :2])
+    with pytest.raises(ValueError, match="num_heads must be a positive integer dividing E=8, got 3"):
+        attnkit.MultiHeadAttention(p, num_heads=3)
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got float16"):
+        attnkit.MultiHeadAttention(p, num_heads=2, dtype=np.float16)
+    with pytest.raises(ValueError, match="params must hold torch.nn.MultiheadAttention weights"):
+        attnkit.MultiHeadAttention({"weight": np.zeros((8, 8))}, num_heads=2)
+    with pytest.raises(ValueError, match=r"must be 2-D weights, got shapes \[\(8, 8\), 'missing', 'missing'\]"):
+        attnkit.MultiHeadAttention({"q_proj_weight": np.zeros((8, 8))}, num_heads=2)
+    with pytest.raises(attnkit.UnsupportedError, match="bias_k"):
+        attnkit.MultiHeadAttention({**p, "bias_k": np.zeros((1, 1, 8))}, num_heads=2)

@@ -9,7 +9,7 @@ recognisers: encoders, decoder, searches, model files and ``Recognizer``.
 """
 from attnkit._core import CudaError, UnsupportedError
 from attnkit.dot_product import scaled_dot_product_attention
-from attnkit.multi_head import multi_head_attention
+from attnkit.multi_head import MultiHeadAttention, MultiHeadMemory, multi_head_attention
 from attnkit import espnet
 from attnkit.plot import plot_attention
 from attnkit.runtime import _version, get_cpu_isa, get_num_threads, set_cpu_isa, set_num_threads, show_config
@@ -22,6 +22,8 @@ get_cpu_isa()
 
 __all__ = [
     "CudaError",
+    "MultiHeadAttention",
+    "MultiHeadMemory",
     "UnsupportedError",
     "espnet",
     "get_cpu_isa",

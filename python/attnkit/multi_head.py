@@ -13,6 +13,8 @@ arrays are viewed as ``[B, H, T, E/H]`` and handed to the kernel without a copy.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from attnkit._arrays import c_aligned, describe, host_float_array
@@ -45,46 +47,52 @@ _OTHER_VARIANTS = {
 }
 
 
-def _projections(params: dict, e: int, ek: int, ev: int, dtype: np.dtype):
-    """Returns ([(Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo)], packed), biases possibly None; packed is
-    torch's (in_proj_weight, in_proj_bias) when given that way, else None."""
+def _layout(params: dict) -> str:
+    """The name of params' first query weight: "in_proj_weight", "q_proj_weight" (torch) or
+    "linear_q.weight" (ESPnet); TypeError, ValueError or UnsupportedError for anything else."""
     if not isinstance(params, dict):
         raise TypeError(f"{_OP}: params must be a dict of arrays, got {describe(params)}")
-    p = params
     # Weights of variants whose math differs: computing plain attention without them would be a
     # silently wrong answer.
-    other = sorted(set(p) & set(_OTHER_VARIANTS))
+    other = sorted(set(params) & set(_OTHER_VARIANTS))
     if other:
         raise UnsupportedError(f"{_OP}: params hold {other}, weights of {_OTHER_VARIANTS[other[0]]}, which "
                                f"attnkit does not implement")
-    packed = None
-    if "in_proj_weight" in p or "q_proj_weight" in p:
-        if "in_proj_weight" in p:
-            w = _array(_OP, p, "in_proj_weight", dtype, (3 * e, e))
-            ws = (w[:e], w[e : 2 * e], w[2 * e :])
-            if ek != e or ev != e:
-                raise ValueError(f"{_OP}: in_proj_weight needs key/value size {e}, got {ek} and {ev}")
-        else:
-            ws = tuple(_array(_OP, p, n, dtype, (e, d)) for n, d in
-                       (("q_proj_weight", e), ("k_proj_weight", ek), ("v_proj_weight", ev)))
-        b = _array(_OP, p, "in_proj_bias", dtype, (3 * e,)) if "in_proj_bias" in p else None
-        bs = (None,) * 3 if b is None else tuple(np.split(b, 3))
-        if "in_proj_weight" in p:
-            packed = (w, b)
-        wo = _array(_OP, p, "out_proj.weight", dtype, (e, e))
-        bo = _array(_OP, p, "out_proj.bias", dtype, (e,)) if "out_proj.bias" in p else None
-        return list(zip(ws, bs)) + [(wo, bo)], packed
-    if "linear_q.weight" in p:
+    for name in ("in_proj_weight", "q_proj_weight", "linear_q.weight"):
+        if name in params:
+            return name
+    raise ValueError(
+        f"{_OP}: params must hold torch.nn.MultiheadAttention weights ('in_proj_weight', 'out_proj.weight', ...) "
+        f"or ESPnet MultiHeadedAttention weights ('linear_q.weight', ...), got keys {sorted(params)[:6]}"
+    )
+
+
+def _projections(params: dict, e: int, ek: int, ev: int, dtype: np.dtype):
+    """Returns ([(Wq, bq), (Wk, bk), (Wv, bv), (Wo, bo)], packed), biases possibly None; packed is
+    torch's (in_proj_weight, in_proj_bias) when given that way, else None."""
+    p = params
+    layout = _layout(p)
+    if layout == "linear_q.weight":
         out = []
         for name, d in (("linear_q", e), ("linear_k", ek), ("linear_v", ev), ("linear_out", e)):
             w = _array(_OP, p, f"{name}.weight", dtype, (e, d))
             b = _array(_OP, p, f"{name}.bias", dtype, (e,)) if f"{name}.bias" in p else None
             out.append((w, b))
         return out, None
-    raise ValueError(
-        f"{_OP}: params must hold torch.nn.MultiheadAttention weights ('in_proj_weight', 'out_proj.weight', ...) "
-        f"or ESPnet MultiHeadedAttention weights ('linear_q.weight', ...), got keys {sorted(p)[:6]}"
-    )
+    if layout == "in_proj_weight":
+        w = _array(_OP, p, "in_proj_weight", dtype, (3 * e, e))
+        ws = (w[:e], w[e : 2 * e], w[2 * e :])
+        if ek != e or ev != e:
+            raise ValueError(f"{_OP}: in_proj_weight needs key/value size {e}, got {ek} and {ev}")
+    else:
+        ws = tuple(_array(_OP, p, n, dtype, (e, d)) for n, d in
+                   (("q_proj_weight", e), ("k_proj_weight", ek), ("v_proj_weight", ev)))
+    b = _array(_OP, p, "in_proj_bias", dtype, (3 * e,)) if "in_proj_bias" in p else None
+    bs = (None,) * 3 if b is None else tuple(np.split(b, 3))
+    packed = (w, b) if layout == "in_proj_weight" else None
+    wo = _array(_OP, p, "out_proj.weight", dtype, (e, e))
+    bo = _array(_OP, p, "out_proj.bias", dtype, (e,)) if "out_proj.bias" in p else None
+    return list(zip(ws, bs)) + [(wo, bo)], packed
 
 
 # Below this many rows (a decoder step's B x Tq) a projection reads the weight as it is: packing
@@ -103,6 +111,11 @@ def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     if x.size < _PACK_ROWS * x.shape[-1]:
         return linear(x, c_aligned(w), b)
     return linear(x, PackedWeight(w, half=False), b)
+
+
+def _check_heads(op: str, num_heads, e: int) -> None:
+    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1 or e % num_heads:
+        raise ValueError(f"{op}: num_heads must be a positive integer dividing E={e}, got {num_heads!r}")
 
 
 def _batch_first(query, key, value):
@@ -156,9 +169,7 @@ def multi_head_attention(
     B, Tq, E = query.shape
     if key.shape[0] != B or value.shape[:2] != key.shape[:2]:
         raise ValueError(f"{_OP}: key and value must be [B, Tk, *] with B={B} and one Tk, got {key.shape} and {value.shape}")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1 or E % num_heads:
-        raise ValueError(f"{_OP}: num_heads must be a positive integer dividing E={E}, got {num_heads!r}")
-    H, Dh, Tk = int(num_heads), E // int(num_heads), key.shape[1]
+    _check_heads(_OP, num_heads, E)
     projs, packed = _projections(params, E, key.shape[2], value.shape[2], query.dtype)
     (wq, bq), (wk, bk), (wv, bv), (wo, bo) = projs
 
@@ -168,17 +179,141 @@ def multi_head_attention(
         q, k, v = qkv[..., :E], qkv[..., E : 2 * E], qkv[..., 2 * E :]
     else:
         q, k, v = _linear(query, wq, bq), _linear(key, wk, bk), _linear(value, wv, bv)
+    context, weights = _attend(q, k, v, int(num_heads), key_lengths, mask, causal, scale, return_weights)
+    out = _linear(context, wo, bo)
+    return (out, weights) if return_weights else out
 
+
+def _attend(q, k, v, num_heads: int, key_lengths, mask, causal, scale, return_weights):
+    """Projected q ``[B, Tq, E]``, k and v ``[B, Tk, E]`` -> (context ``[B, Tq, E]``, per-head
+    weights ``[B, H, Tq, Tk]`` or None), the heads split by strides."""
+    B, Tq, E = q.shape
+    H, Dh, Tk = num_heads, E // num_heads, k.shape[1]
     # [B, T, E] -> [B, H, T, Dh] views; the context is written head-interleaved straight into
     # [B, Tq, H, Dh], which is the [B, Tq, E] input of the output projection.
     heads = lambda x, t: x.reshape(B, t, H, Dh).transpose(0, 2, 1, 3)
     if mask is not None and np.ndim(mask) == 3:
         mask = np.asarray(mask)[:, None]  # [B|1, Tq|1, Tk] -> [B|1, 1, Tq|1, Tk]: one mask for every head
-    context = np.empty((B, Tq, H, Dh), dtype=query.dtype)
+    context = np.empty((B, Tq, H, Dh), dtype=q.dtype)
     result = scaled_dot_product_attention(
         heads(q, Tq), heads(k, Tk), heads(v, Tk),
         key_lengths=key_lengths, mask=mask, causal=causal, scale=scale,
         return_weights=return_weights, out=context.transpose(0, 2, 1, 3),
     )
-    out = _linear(context.reshape(B, Tq, E), wo, bo)
-    return (out, result[1]) if return_weights else out
+    return context.reshape(B, Tq, E), (result[1] if return_weights else None)
+
+
+class MultiHeadMemory(NamedTuple):
+    """What ``MultiHeadAttention.memory`` returns: the memory's projected keys and values, ``[B,
+    Tk, E]`` each, for as many calls as the memory stays the same (a decoder's cross-attention
+    over one encoder output)."""
+
+    keys: np.ndarray
+    values: np.ndarray
+
+
+def _sizes(params: dict) -> tuple[int, int, int]:
+    """(E, Ek, Ev) read off the query, key and value weights of either layout (their shapes are
+    checked against these by _projections)."""
+    names = {"in_proj_weight": ("in_proj_weight",) * 3,
+             "q_proj_weight": ("q_proj_weight", "k_proj_weight", "v_proj_weight"),
+             "linear_q.weight": ("linear_q.weight", "linear_k.weight", "linear_v.weight")}[_layout(params)]
+    shapes = [np.shape(params.get(n)) for n in names]
+    if any(len(shape) != 2 for shape in shapes):
+        raise ValueError(f"MultiHeadAttention: params {list(dict.fromkeys(names))} must be 2-D weights, got shapes "
+                         f"{[shape if n in params else 'missing' for n, shape in zip(names, shapes)]}")
+    return shapes[0][1], shapes[1][1], shapes[2][1]
+
+
+class MultiHeadAttention:
+    """:func:`multi_head_attention` as a layer for decoder loops: the weights checked, converted
+    to ``dtype`` and packed for attnkit's matrix-product kernel once, here, rather than on every
+    call, and a memory's keys and values projected once by :meth:`memory`::
+
+        mha = attnkit.MultiHeadAttention(params, num_heads=4)
+        y = mha(x, x, x, key_lengths=lens)            # self-attention
+        mem = mha.memory(enc)                         # once per encoder output
+        for ...:
+            y = mha(y_step, memory=mem, key_lengths=enc_lens)   # cross-attention
+
+    ``params`` as :func:`multi_head_attention` takes them (``torch.nn.MultiheadAttention`` or
+    ESPnet ``MultiHeadedAttention`` names); E, the key and value sizes are read off the weights.
+    Calls take the arguments of :func:`multi_head_attention` and give the same results to float
+    rounding (its per-call products read the weights packed or as they are, depending on the
+    rows); a call with ``memory`` gives bit for bit what the same call with the memory's key and
+    value gives.
+    """
+
+    def __init__(self, params: dict, *, num_heads: int, dtype=np.float32):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise TypeError(f"MultiHeadAttention: dtype must be float32 or float64, got {self.dtype}")
+        self.embed_dim, self.kdim, self.vdim = _sizes(params)
+        _check_heads("MultiHeadAttention", num_heads, self.embed_dim)
+        self.num_heads = int(num_heads)
+        projs, packed = _projections(params, self.embed_dim, self.kdim, self.vdim, self.dtype)
+        # half=False: a float16-valued weight would pick float16 panels, whose products are the
+        # same, but only on AVX2 / AVX-512; the layer's numbers should not depend on the CPU.
+        pack = lambda w, b: (PackedWeight(w, half=False), None if b is None else c_aligned(b))
+        self._q, self._k, self._v, self._out = (pack(w, b) for w, b in projs)
+        self._qkv = None if packed is None else pack(*packed)
+
+    def __repr__(self) -> str:
+        return (f"attnkit.MultiHeadAttention(embed_dim={self.embed_dim}, num_heads={self.num_heads}, "
+                f"kdim={self.kdim}, vdim={self.vdim}, dtype={self.dtype.name})")
+
+    def _input(self, op: str, name: str, x, size: int, batch_first: bool) -> np.ndarray:
+        x = host_float_array(op, name, x, (3,))
+        if x.dtype != self.dtype:
+            raise TypeError(f"{op}: {name} must have the layer's dtype {self.dtype.name}, got {x.dtype}")
+        if x.shape[2] != size:
+            raise ValueError(f"{op}: {name} must have {size} features (last axis), got shape {x.shape}")
+        return x if batch_first else x.transpose(1, 0, 2)
+
+    def memory(self, key, value=None, *, batch_first: bool = True) -> MultiHeadMemory:
+        """Projects key ``[B, Tk, Ek]`` and value ``[B, Tk, Ev]`` (value None: the key, as an
+        encoder output attended as both) for calls with ``memory=``."""
+        op = "MultiHeadAttention.memory"
+        k = self._input(op, "key", key, self.kdim, batch_first)
+        v = k if value is None or value is key else self._input(op, "value", value, self.vdim, batch_first)
+        if v.shape[:2] != k.shape[:2]:
+            raise ValueError(f"{op}: key and value must be [B, Tk, *] with one B and Tk, got {k.shape} and {v.shape}")
+        return MultiHeadMemory(linear(k, *self._k), linear(v, *self._v))
+
+    def __call__(self, query, key=None, value=None, *, memory: MultiHeadMemory | None = None, key_lengths=None,
+                 mask=None, causal: bool | str = False, scale: float | None = None, return_weights: bool = False,
+                 batch_first: bool = True):
+        """query ``[B, Tq, E]`` with key and value as :func:`multi_head_attention` takes them, or
+        with ``memory`` from :meth:`memory` (of batch size B) in their place. Returns ``[B, Tq,
+        E]`` (``[Tq, B, E]`` with ``batch_first=False``), and with ``return_weights=True`` also the
+        per-head weights ``[B, H, Tq, Tk]``."""
+        op = "MultiHeadAttention"
+        q_in = self._input(op, "query", query, self.embed_dim, batch_first)
+        B = q_in.shape[0]
+        if memory is not None:
+            if key is not None or value is not None:
+                raise ValueError(f"{op}: pass key and value, or memory, not both")
+            if not isinstance(memory, MultiHeadMemory):
+                raise TypeError(f"{op}: memory must come from MultiHeadAttention.memory, got {describe(memory)}")
+            k, v = memory
+            if k.shape[0] != B or k.shape[2] != self.embed_dim or k.dtype != self.dtype:
+                raise ValueError(f"{op}: memory must hold [B={B}, Tk, {self.embed_dim}] {self.dtype.name} keys "
+                                 f"(from this layer), got {k.dtype} {k.shape}")
+            q = linear(q_in, *self._q)
+        elif key is None or value is None:
+            raise ValueError(f"{op}: key and value (or memory=) are required")
+        elif self._qkv is not None and query is key and key is value:
+            qkv = linear(q_in, *self._qkv)  # self-attention: one [B*T, E] x [E, 3E] product
+            q, k, v = qkv[..., : self.embed_dim], qkv[..., self.embed_dim : 2 * self.embed_dim], qkv[..., 2 * self.embed_dim :]
+        else:
+            k_in = self._input(op, "key", key, self.kdim, batch_first)
+            v_in = k_in if value is key else self._input(op, "value", value, self.vdim, batch_first)
+            if k_in.shape[0] != B or v_in.shape[:2] != k_in.shape[:2]:
+                raise ValueError(f"{op}: key and value must be [B, Tk, *] with B={B} and one Tk, got {k_in.shape} "
+                                 f"and {v_in.shape}")
+            q, k, v = linear(q_in, *self._q), linear(k_in, *self._k), linear(v_in, *self._v)
+        context, weights = _attend(q, k, v, self.num_heads, key_lengths, mask, causal, scale, return_weights)
+        out = linear(context, *self._out)
+        if not batch_first:
+            out = np.ascontiguousarray(out.transpose(1, 0, 2))
+        return (out, weights) if return_weights else out
