@@ -234,7 +234,7 @@ def test_layer_refuses_bad_arguments(rng):
         layer(x, x, x, memory=memory)
     with pytest.raises(ValueError, match=r"key and value \(or memory=\) are required"):
         layer(x)
-    with pytest.raises(ValueError, match=r"memory must hold \[B=3, Tk, 8\]"):
+    with pytest.raises(ValueError, match=r"memory must hold \[B=3 \(or 1\), Tk, 8\]"):
         layer(np.concatenate([x, x[:1]]), memory=memory)
     with pytest.raises(TypeError, match="memory must come from MultiHeadAttention.memory"):
         layer(x, memory=(memory.keys, memory.values))
@@ -250,3 +250,19 @@ def test_layer_refuses_bad_arguments(rng):
         attnkit.MultiHeadAttention({"q_proj_weight": np.zeros((8, 8))}, num_heads=2)
     with pytest.raises(attnkit.UnsupportedError, match="bias_k"):
         attnkit.MultiHeadAttention({**p, "bias_k": np.zeros((1, 1, 8))}, num_heads=2)
+
+
+def test_layer_memory_of_one_utterance_serves_a_beam(rng):
+    """A memory of batch 1 is shared by every query (a beam's hypotheses), with the key lengths and
+    masks of the queries: the numbers of the memory repeated per query."""
+    p = torch_layout(rng, 16, np.float64)
+    layer = attnkit.MultiHeadAttention(p, num_heads=4, dtype=np.float64)
+    enc = rng.standard_normal((1, 30, 16))
+    memory = layer.memory(enc)
+    y = rng.standard_normal((5, 1, 16))
+    mask = rng.random((5, 1, 30)) > 0.2
+    got, w = layer(y, memory=memory, key_lengths=[30, 30, 12, 30, 1], mask=mask, return_weights=True)
+    repeated = attnkit.MultiHeadMemory(*(np.repeat(a, 5, axis=0) for a in memory))
+    want, want_w = layer(y, memory=repeated, key_lengths=[30, 30, 12, 30, 1], mask=mask, return_weights=True)
+    assert_close(got, want, np.float64, "shared memory")
+    assert_close(w, want_w, np.float64, "shared memory weights")

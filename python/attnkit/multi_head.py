@@ -185,13 +185,14 @@ def multi_head_attention(
 
 
 def _attend(q, k, v, num_heads: int, key_lengths, mask, causal, scale, return_weights):
-    """Projected q ``[B, Tq, E]``, k and v ``[B, Tk, E]`` -> (context ``[B, Tq, E]``, per-head
-    weights ``[B, H, Tq, Tk]`` or None), the heads split by strides."""
+    """Projected q ``[B, Tq, E]``, k and v ``[B, Tk, E]`` (or ``[1, Tk, E]``, shared by the B
+    queries) -> (context ``[B, Tq, E]``, per-head weights ``[B, H, Tq, Tk]`` or None), the heads
+    split by strides."""
     B, Tq, E = q.shape
     H, Dh, Tk = num_heads, E // num_heads, k.shape[1]
     # [B, T, E] -> [B, H, T, Dh] views; the context is written head-interleaved straight into
     # [B, Tq, H, Dh], which is the [B, Tq, E] input of the output projection.
-    heads = lambda x, t: x.reshape(B, t, H, Dh).transpose(0, 2, 1, 3)
+    heads = lambda x, t: x.reshape(x.shape[0], t, H, Dh).transpose(0, 2, 1, 3)
     if mask is not None and np.ndim(mask) == 3:
         mask = np.asarray(mask)[:, None]  # [B|1, Tq|1, Tk] -> [B|1, 1, Tq|1, Tk]: one mask for every head
     context = np.empty((B, Tq, H, Dh), dtype=q.dtype)
@@ -284,9 +285,10 @@ class MultiHeadAttention:
                  mask=None, causal: bool | str = False, scale: float | None = None, return_weights: bool = False,
                  batch_first: bool = True):
         """query ``[B, Tq, E]`` with key and value as :func:`multi_head_attention` takes them, or
-        with ``memory`` from :meth:`memory` (of batch size B) in their place. Returns ``[B, Tq,
-        E]`` (``[Tq, B, E]`` with ``batch_first=False``), and with ``return_weights=True`` also the
-        per-head weights ``[B, H, Tq, Tk]``."""
+        with ``memory`` from :meth:`memory` in their place: of batch size B, or 1 for a memory
+        that every query shares (the hypotheses of one utterance's beam; read in place, not
+        repeated). Returns ``[B, Tq, E]`` (``[Tq, B, E]`` with ``batch_first=False``), and with
+        ``return_weights=True`` also the per-head weights ``[B, H, Tq, Tk]``."""
         op = "MultiHeadAttention"
         q_in = self._input(op, "query", query, self.embed_dim, batch_first)
         B = q_in.shape[0]
@@ -296,9 +298,9 @@ class MultiHeadAttention:
             if not isinstance(memory, MultiHeadMemory):
                 raise TypeError(f"{op}: memory must come from MultiHeadAttention.memory, got {describe(memory)}")
             k, v = memory
-            if k.shape[0] != B or k.shape[2] != self.embed_dim or k.dtype != self.dtype:
-                raise ValueError(f"{op}: memory must hold [B={B}, Tk, {self.embed_dim}] {self.dtype.name} keys "
-                                 f"(from this layer), got {k.dtype} {k.shape}")
+            if k.shape[0] not in (1, B) or k.shape[2] != self.embed_dim or k.dtype != self.dtype:
+                raise ValueError(f"{op}: memory must hold [B={B} (or 1), Tk, {self.embed_dim}] {self.dtype.name} "
+                                 f"keys (from this layer), got {k.dtype} {k.shape}")
             q = linear(q_in, *self._q)
         elif key is None or value is None:
             raise ValueError(f"{op}: key and value (or memory=) are required")
