@@ -26,6 +26,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "attnkit/parallel.h"
@@ -33,6 +34,7 @@
 #include "cpu/arena.h"
 #include "cpu/isa.h"
 #include "cpu/location_conv.h"
+#include "cpu/row_groups.h"
 #include "cpu/vec.h"
 #include "cpu/weighted_sum.h"
 
@@ -440,14 +442,9 @@ struct AdditiveKernel {
 
   void run() {
     // Group rows by utterance (stable), then cut each group into slices of kMaxRowsPerTask.
-    order.resize(p.N);
-    std::vector<int64_t> start(p.B + 1, 0);
-    for (int64_t n = 0; n < p.N; ++n) ++start[p.rows[n] + 1];
-    for (int64_t b = 0; b < p.B; ++b) start[b + 1] += start[b];
-    {
-      std::vector<int64_t> fill(start.begin(), start.end() - 1);
-      for (int64_t n = 0; n < p.N; ++n) order[fill[p.rows[n]]++] = n;
-    }
+    RowGroups groups(p.rows, p.N, p.B);
+    order = std::move(groups.order);
+    const std::vector<int64_t>& start = groups.start;
     // Siblings anywhere in the call, whichever slices they fall into (scores()).
     first_alike.resize(p.N);
     for (int64_t b = 0; b < p.B; ++b)

@@ -9,6 +9,7 @@
 #include "attnkit/parallel.h"
 #include "attnkit/params.h"
 #include "cpu/isa.h"
+#include "cpu/row_groups.h"
 #include "cpu/vec.h"
 #include "cpu/weighted_sum.h"
 
@@ -20,15 +21,11 @@ void run(const WeightedSumParams& p) {
   constexpr int W = lanes<T>();
   const WeightedSum<T> sum{static_cast<const T*>(p.w), static_cast<const T*>(p.values), static_cast<T*>(p.out),
                            p.T, p.Ev};
-  // Rows grouped by utterance (stable), in slices of at most kCtxRows: one register tile each,
-  // so each vector of the values feeds every row of its slice.
-  std::vector<int64_t> order(p.N), start(p.B + 1, 0);
-  for (int64_t n = 0; n < p.N; ++n) ++start[p.rows[n] + 1];
-  for (int64_t b = 0; b < p.B; ++b) start[b + 1] += start[b];
-  {
-    std::vector<int64_t> fill(start.begin(), start.end() - 1);
-    for (int64_t n = 0; n < p.N; ++n) order[fill[p.rows[n]]++] = n;
-  }
+  // Rows grouped by utterance, in slices of at most kCtxRows: one register tile each, so each
+  // vector of the values feeds every row of its slice.
+  const RowGroups groups(p.rows, p.N, p.B);
+  const std::vector<int64_t>& order = groups.order;
+  const std::vector<int64_t>& start = groups.start;
   struct Slice {
     int64_t i0, i1, b;
   };
