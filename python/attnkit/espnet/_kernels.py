@@ -196,22 +196,26 @@ def dot_product_step(K, values, lengths, rows, q, scaling, out_context, out_weig
     out_weights ``[N, T]``. Multi-head: K ``[B, H, T, A]``, values ``[B, H, T, Ev]``, q
     ``[N, H, A]``, out_context ``[N, H, Ev]``, out_weights ``[N, H, T]``.
 
-    Runs on the fused step kernel with dot-product energies, one call per head (the multi-head
-    classes store K and V head-major, so each head's block is contiguous). K may be C-contiguous
+    Runs on the fused step kernel with dot-product energies, in one call for every head: head h
+    of utterance b is utterance h * B + b of the call, and row (n, h) attends it (the multi-head
+    classes store K and V head-major, so the [H * B, ...] arrays are views). K may be C-contiguous
     or the [.., T, A] view of [.., A, T] storage (the classes' caches), which the kernel reads
     frames-inner. Rows of one utterance share each block of K read from memory. (The SDPA kernel,
     used here before, packs K on every call: 74 us for AttDot's N=10 T=200 A=320 step on one
-    thread.)
+    thread. A call per head: AttMultiHeadDot, 4 heads, N=10 utterances, T=200, 96 us median
+    against 90 us in one call, the same bits.)
     """
     if K.ndim == 3:
         fused_additive_step(K, values, lengths, rows, q, None, None, None, None, None, scaling, out_context, out_weights)
         return
-    H = K.shape[1]
-    qh = np.ascontiguousarray(q.transpose(1, 0, 2))  # [H, N, A]
-    ctx = np.empty((H, *out_context.shape[::2]), out_context.dtype)  # [H, N, Ev]
-    w = np.empty((H, *out_weights.shape[::2]), out_weights.dtype)  # [H, N, T]
-    for h in range(H):
-        fused_additive_step(_kernel_keys(K[:, h]), np.ascontiguousarray(values[:, h]), lengths, rows, qh[h],
-                            None, None, None, None, None, scaling, ctx[h], w[h])
+    B, H, T = K.shape[:3]
+    N = rows.shape[0]
+    heads_first = lambda x: x.transpose(1, 0, 2, 3).reshape(H * B, T, x.shape[3])
+    head_rows = (np.arange(H)[:, None] * B + rows[None, :]).reshape(-1)  # row (h, n) -> utterance h * B + rows[n]
+    ctx = np.empty((H, N, out_context.shape[2]), out_context.dtype)
+    w = np.empty((H, N, T), out_weights.dtype)
+    fused_additive_step(_kernel_keys(heads_first(K)), c_aligned(heads_first(values)), np.repeat(lengths[None], H, axis=0).reshape(-1), head_rows,
+                        c_aligned(q.transpose(1, 0, 2).reshape(H * N, -1)), None, None, None, None, None, scaling,
+                        ctx.reshape(H * N, -1), w.reshape(H * N, T))
     out_context[...] = ctx.transpose(1, 0, 2)
     out_weights[...] = w.transpose(1, 0, 2)
