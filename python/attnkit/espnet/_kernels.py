@@ -212,9 +212,10 @@ def dot_product_step(K, values, lengths, rows, q, scaling, out_context, out_weig
     N = rows.shape[0]
     heads_first = lambda x: x.transpose(1, 0, 2, 3).reshape(H * B, T, x.shape[3])
     head_rows = (np.arange(H)[:, None] * B + rows[None, :]).reshape(-1)  # row (h, n) -> utterance h * B + rows[n]
+    head_lengths = np.repeat(lengths[None], H, axis=0).reshape(-1)
     ctx = np.empty((H, N, out_context.shape[2]), out_context.dtype)
     w = np.empty((H, N, T), out_weights.dtype)
-    fused_additive_step(_kernel_keys(heads_first(K)), c_aligned(heads_first(values)), np.repeat(lengths[None], H, axis=0).reshape(-1), head_rows,
+    fused_additive_step(_kernel_keys(heads_first(K)), c_aligned(heads_first(values)), head_lengths, head_rows,
                         c_aligned(q.transpose(1, 0, 2).reshape(H * N, -1)), None, None, None, None, None, scaling,
                         ctx.reshape(H * N, -1), w.reshape(H * N, T))
     out_context[...] = ctx.transpose(1, 0, 2)
