@@ -1,6 +1,7 @@
 """Threads (reliability, issue 8): every kernel releases the GIL; the same calls from 8 Python
 threads at once give the serial results bit for bit; CPU results are bitwise reproducible for a
 given thread count. (tests/test_runtime.py has the plain SDPA case.)"""
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -187,3 +188,37 @@ def test_linear_bits_do_not_depend_on_the_thread_count(threads, packed, N, A):
         outs.append(linear(x, weight))
     assert all(np.array_equal(o, outs[0]) for o in outs[1:])
     np.testing.assert_allclose(outs[0], x.astype(np.float64) @ w.T.astype(np.float64), rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.isdir("/proc/self/task"), reason="needs fork and /proc")
+def test_a_forked_child_gets_a_pool_of_its_own(threads):
+    """fork() copies only the calling thread: the child must not keep the parent's pool (whose
+    workers it does not have: every part ran on the caller, one thread) and must exit cleanly,
+    also with a grandchild (multiprocessing's "fork" workers)."""
+    threads(2)
+    q = np.random.default_rng(0).standard_normal((8, 4, 256, 32)).astype(np.float32)
+    want = attnkit.scaled_dot_product_attention(q, q, q)  # the parent's pool runs
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report (same bits, threads after a call, grandchild's report), then exit
+        try:
+            os.close(read)
+            same = np.array_equal(attnkit.scaled_dot_product_attention(q, q, q), want)
+            report = f"{int(same)} {len(os.listdir('/proc/self/task'))}"
+            grandchild = os.fork()
+            if grandchild == 0:
+                same = np.array_equal(attnkit.scaled_dot_product_attention(q, q, q), want)
+                os._exit(0 if same and len(os.listdir("/proc/self/task")) >= 2 else 3)
+            _, status = os.waitpid(grandchild, 0)
+            os.write(write, f"{report} {os.waitstatus_to_exitcode(status)}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        report = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    same, task_count, grandchild = report.split()
+    assert same == "1", "the child's result differs from the parent's"
+    assert int(task_count) >= 2, f"the child computed on {task_count} thread(s): no pool worker of its own"
+    assert grandchild == "0", f"the grandchild failed (exit code {grandchild})"

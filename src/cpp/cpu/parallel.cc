@@ -4,6 +4,7 @@
 // the caller alike, rather than bound to threads.
 #include "attnkit/parallel.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -15,6 +16,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -198,6 +200,26 @@ std::shared_ptr<Pool> get_pool() {
   }
   return g_pool;
 }
+
+// fork() copies only the calling thread. A child kept the parent's pool, whose workers it does
+// not have: each call's parts all ran on the caller, so a forked child (multiprocessing's "fork"
+// workers) computed on one thread, silently; and a mutex held by another thread of the parent at
+// the fork would stay locked in the child. The handlers hold g_pool_mutex across the fork; the
+// child sets the parent's pool aside, never destroyed (its destructor would join threads the
+// child does not have), and its first parallel call starts a pool of its own.
+std::vector<std::shared_ptr<Pool>>* g_parent_pools = nullptr;  // reachable, never freed
+
+void before_fork() { g_pool_mutex.lock(); }
+void after_fork_in_parent() { g_pool_mutex.unlock(); }
+void after_fork_in_child() {
+  if (g_pool) {
+    if (!g_parent_pools) g_parent_pools = new std::vector<std::shared_ptr<Pool>>();
+    g_parent_pools->push_back(std::move(g_pool));
+  }
+  g_pool_mutex.unlock();
+}
+
+const int g_fork_handlers_registered = pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 
 }  // namespace
 
